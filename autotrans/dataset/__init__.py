@@ -1,0 +1,1 @@
+"""Raw dataset format, case discovery, integrity checking, demo data and the CBCT simulator."""

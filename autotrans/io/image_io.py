@@ -1,0 +1,163 @@
+"""Volume I/O through SimpleITK, which reads every format we accept with one geometry model.
+
+Arrays are numpy in SimpleITK's memory order ``(z, y, x)``; ``Geometry`` keeps ITK's ``(x, y, z)``
+conventions (size, spacing, origin, 3x3 direction in row-major order) so an exported image gets the
+input's exact header. nibabel is not needed here: SimpleITK reads and writes NIfTI faithfully
+(qform/sform to LPS direction), and using one library avoids two conventions for the same file.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from autotrans.errors import AutotransError
+from autotrans.utils.files import atomic_dir_for
+
+SUPPORTED_ENDINGS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
+
+
+class ImageReadError(AutotransError):
+    """A volume could not be read or is not a 3D scalar image."""
+
+
+def file_ending(path: str | os.PathLike) -> str:
+    """Return the supported ending of ``path`` (``.nii.gz`` counts as one) or raise."""
+    name = Path(path).name.lower()
+    for ending in SUPPORTED_ENDINGS:
+        if name.endswith(ending):
+            return ending
+    raise ImageReadError(f"{path}: unsupported file ending (supported: {', '.join(SUPPORTED_ENDINGS)})")
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Physical geometry of a 3D image in ITK convention (x, y, z order, LPS world)."""
+
+    size: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...]  # 9 values, row-major
+
+    @classmethod
+    def from_sitk(cls, img: sitk.Image) -> "Geometry":
+        return cls(
+            size=tuple(int(s) for s in img.GetSize()),
+            spacing=tuple(float(s) for s in img.GetSpacing()),
+            origin=tuple(float(o) for o in img.GetOrigin()),
+            direction=tuple(float(d) for d in img.GetDirection()),
+        )
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Geometry":
+        return cls(
+            size=tuple(int(s) for s in d["size"]),
+            spacing=tuple(float(s) for s in d["spacing"]),
+            origin=tuple(float(o) for o in d["origin"]),
+            direction=tuple(float(x) for x in d["direction"]),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) for k, v in asdict(self).items()}
+
+    @property
+    def shape_zyx(self) -> tuple[int, int, int]:
+        """Array shape of this image in numpy (z, y, x) order."""
+        return self.size[::-1]
+
+    @property
+    def spacing_zyx(self) -> tuple[float, float, float]:
+        return self.spacing[::-1]
+
+    def apply_to(self, img: sitk.Image) -> sitk.Image:
+        img.SetSpacing(self.spacing)
+        img.SetOrigin(self.origin)
+        img.SetDirection(self.direction)
+        return img
+
+    def mismatch(self, other: "Geometry", rtol: float = 1e-4, atol: float = 1e-3) -> str | None:
+        """Describe how ``other`` differs from this geometry, or ``None`` when they match.
+
+        Tolerances absorb float32 header round-off (NIfTI stores float32 affines): spacing within
+        ``rtol``, origin within ``atol`` mm plus ``rtol`` of its magnitude, direction cosines within 1e-4.
+        """
+        if self.size != other.size:
+            return f"size {other.size} != {self.size}"
+        if not np.allclose(self.spacing, other.spacing, rtol=rtol, atol=0):
+            return f"spacing {_fmt(other.spacing)} != {_fmt(self.spacing)}"
+        if not np.allclose(self.origin, other.origin, rtol=rtol, atol=atol):
+            return f"origin {_fmt(other.origin)} != {_fmt(self.origin)}"
+        if not np.allclose(self.direction, other.direction, rtol=0, atol=1e-4):
+            return f"direction {_fmt(other.direction)} != {_fmt(self.direction)}"
+        return None
+
+
+def _fmt(v: tuple[float, ...]) -> str:
+    return "(" + ", ".join(f"{x:.4g}" for x in v) + ")"
+
+
+def _read_sitk(path: str | os.PathLike) -> sitk.Image:
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path}: file not found")
+    file_ending(path)
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as e:  # SimpleITK reports unreadable files as RuntimeError
+        first = str(e).strip().splitlines()[-1] if str(e).strip() else "unknown reader error"
+        raise ImageReadError(f"{path}: unreadable ({first})") from None
+
+
+def read_geometry(path: str | os.PathLike) -> Geometry:
+    """Read only the header (fast: no voxel data is decoded)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path}: file not found")
+    file_ending(path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        raise ImageReadError(f"{path}: unreadable header") from None
+    if reader.GetDimension() != 3:
+        raise ImageReadError(f"{path}: {reader.GetDimension()}D image, expected 3D")
+    return Geometry(
+        size=tuple(int(s) for s in reader.GetSize()),
+        spacing=tuple(float(s) for s in reader.GetSpacing()),
+        origin=tuple(float(o) for o in reader.GetOrigin()),
+        direction=tuple(float(d) for d in reader.GetDirection()),
+    )
+
+
+def read_image(path: str | os.PathLike, dtype: Any = np.float32) -> tuple[np.ndarray, Geometry]:
+    """Read a 3D scalar volume as a ``(z, y, x)`` array plus its geometry.
+
+    Raises:
+        ImageReadError: missing, unreadable, not 3D (2D and 4D are refused), or multi-component.
+    """
+    img = _read_sitk(path)
+    dim = img.GetDimension()
+    if dim != 3:
+        raise ImageReadError(f"{path}: {dim}D image, expected 3D")
+    if img.GetNumberOfComponentsPerPixel() != 1:
+        raise ImageReadError(f"{path}: {img.GetNumberOfComponentsPerPixel()} components per voxel, expected 1")
+    arr = sitk.GetArrayFromImage(img)
+    if dtype is not None:
+        arr = arr.astype(dtype, copy=False)
+    return arr, Geometry.from_sitk(img)
+
+
+def write_image(array: np.ndarray, geometry: Geometry, path: str | os.PathLike, compress: bool = True) -> None:
+    """Write a ``(z, y, x)`` array with ``geometry`` atomically (temp files, then rename)."""
+    path = Path(path)
+    file_ending(path)
+    if tuple(array.shape) != tuple(geometry.shape_zyx):
+        raise ValueError(f"{path}: array shape {array.shape} does not match geometry {geometry.shape_zyx}")
+    img = geometry.apply_to(sitk.GetImageFromArray(np.ascontiguousarray(array)))
+    with atomic_dir_for(path) as tmp_dir:
+        sitk.WriteImage(img, str(tmp_dir / path.name), useCompression=compress)

@@ -1,0 +1,58 @@
+"""autotrans: self-configuring 3D cross-modality medical image translation."""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).parent
+
+CONSOLE_SCRIPTS = [
+    "autotrans_plan_and_preprocess=autotrans.cli.plan_and_preprocess:main_plan_and_preprocess",
+    "autotrans_extract_fingerprint=autotrans.cli.plan_and_preprocess:main_extract_fingerprint",
+    "autotrans_plan_experiment=autotrans.cli.plan_and_preprocess:main_plan_experiment",
+    "autotrans_preprocess=autotrans.cli.plan_and_preprocess:main_preprocess",
+    "autotrans_install_demo=autotrans.cli.install_demo:main",
+    "autotrans_simulate_cbct=autotrans.cli.simulate_cbct:main",
+    "autotrans_train=autotrans.cli.not_built:main_train",
+    "autotrans_predict=autotrans.cli.not_built:main_predict",
+    "autotrans_evaluate=autotrans.cli.not_built:main_evaluate",
+    "autotrans_benchmark=autotrans.cli.not_built:main_benchmark",
+    "autotrans_demo=autotrans.cli.not_built:main_demo",
+    "autotrans_turing=autotrans.cli.not_built:main_turing",
+]
+
+setup(
+    name="autotrans",
+    version="0.1.0",
+    description="nnU-Net-style self-configuring framework for 3D cross-modality medical image translation",
+    long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["autotrans", "autotrans.*"]),
+    include_package_data=True,
+    package_data={"autotrans.dataset": ["demo_data/*", "demo_data/*/*", "demo_data/*/*/*"]},
+    install_requires=[
+        "torch>=2.1,<3",
+        "numpy>=1.24",
+        "scipy>=1.10",
+        "SimpleITK>=2.2",
+        "nibabel>=5.0",
+        "batchgenerators>=0.25",
+        "acvl-utils>=0.2",
+        "dynamic-network-architectures>=0.3.1",
+        "scikit-learn>=1.2",
+        "scikit-image>=0.21",
+        "blosc2>=2.5",
+        "tqdm>=4.60",
+        "matplotlib>=3.6",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "nnunetv2>=2.5"],
+    },
+    entry_points={"console_scripts": CONSOLE_SCRIPTS},
+    classifiers=[
+        "License :: OSI Approved :: Apache Software License",
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Medical Science Apps.",
+    ],
+)
