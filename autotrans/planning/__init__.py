@@ -1,0 +1,1 @@
+"""Fingerprint extraction, the self-configuring planner and typed access to plans.json."""

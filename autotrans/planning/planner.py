@@ -1,0 +1,275 @@
+"""The self-configuring planner: fingerprint -> plans.json, every derived decision recorded as data.
+
+The U-Net part (target spacing, transposition, patch size, topology, batch size, 3d_lowres) follows
+nnU-Net v2's default ExperimentPlanner rules so a user gets the configuration nnU-Net would give the same
+images (checked by tests against the nnunetv2 package). Translation-specific parts (normalization of
+source and target, per-family sections) are added on top.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from copy import deepcopy
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from autotrans import __version__
+from autotrans.dataset.format import DatasetJson
+from autotrans.planning.families import plan_families
+from autotrans.planning.topology import pool_and_conv_props
+from autotrans.preprocessing.normalization import NormalizationDefaults, plan_normalization
+
+logger = logging.getLogger(__name__)
+
+ANISO_THRESHOLD = 3
+UNET_BASE_FEATURES = 32
+UNET_MAX_FEATURES_3D = 320
+UNET_REFERENCE_VAL_3D = 560_000_000  # nnU-Net v2's feature-map voxels that fit 8 GB at batch size 2
+UNET_REFERENCE_GB = 8
+UNET_REFERENCE_BS = 2
+UNET_MIN_BATCH_SIZE = 2
+UNET_MIN_EDGE = 4
+MAX_DATASET_COVERED = 0.05
+LOWRES_THRESHOLD = 0.25
+LOWRES_SPACING_FACTOR = 1.03
+UNET_CLASS = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
+DEFAULT_PLANS_NAME = "autotransPlans"
+
+
+@dataclass(frozen=True)
+class PlannerOptions:
+    gpu_memory_target_gb: float = 8.0
+    overwrite_target_spacing: tuple[float, float, float] | None = None  # (z, y, x) before transposition
+    plans_name: str = DEFAULT_PLANS_NAME
+    output_channels: int = 1  # the generator predicts the target: one channel
+    normalization: NormalizationDefaults = field(default_factory=NormalizationDefaults)
+
+
+def compute_new_shape(shape: list[int], spacing: list[float], new_spacing: list[float]) -> np.ndarray:
+    return np.array([int(round(s * sp / nsp)) for s, sp, nsp in zip(shape, spacing, new_spacing)])
+
+
+def fullres_target_spacing(spacings: np.ndarray, shapes: np.ndarray, overwrite: tuple[float, ...] | None = None) -> np.ndarray:
+    """Median spacing; for strongly anisotropic data with few slices, the 10th percentile of the coarse axis.
+
+    Interpolating a 5 mm axis of some cases to a median of 3 mm and others' 1 mm to 3 mm loses less than the
+    median rule would when most cases are coarse (nnU-Net's anisotropy rule, threshold 3).
+    """
+    if overwrite is not None:
+        return np.array(overwrite, dtype=float)
+    target = np.percentile(spacings, 50, 0)
+    target_size = np.percentile(shapes, 50, 0)
+    worst = int(np.argmax(target))
+    others = [i for i in range(len(target)) if i != worst]
+    aniso_spacing = target[worst] > ANISO_THRESHOLD * max(target[i] for i in others)
+    aniso_voxels = target_size[worst] * ANISO_THRESHOLD < min(target_size[i] for i in others)
+    if aniso_spacing and aniso_voxels:
+        t = np.percentile(spacings[:, worst], 10)
+        other_max = max(target[i] for i in others)
+        if t < other_max:
+            t = max(other_max, t) + 1e-5
+        target[worst] = t
+    return target
+
+
+def transpose_for(spacing: np.ndarray) -> tuple[list[int], list[int]]:
+    """Put the coarsest axis first (so 2D slicing and separate-z logic see it as z)."""
+    first = int(np.argmax(spacing))
+    forward = [first] + [i for i in range(3) if i != first]
+    backward = [forward.index(i) for i in range(3)]
+    return forward, backward
+
+
+def _unet_kwargs(topo_strides: tuple, kernels: tuple, n_stages: int) -> dict[str, Any]:
+    return {
+        "n_stages": n_stages,
+        "features_per_stage": [min(UNET_MAX_FEATURES_3D, UNET_BASE_FEATURES * 2 ** i) for i in range(n_stages)],
+        "conv_op": "torch.nn.modules.conv.Conv3d",
+        "kernel_sizes": [list(k) for k in kernels],
+        "strides": [list(s) for s in topo_strides],
+        "n_conv_per_stage": [2] * n_stages,
+        "n_conv_per_stage_decoder": [2] * (n_stages - 1),
+        "conv_bias": True,
+        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+        "norm_op_kwargs": {"eps": 1e-05, "affine": True},
+        "dropout_op": None,
+        "dropout_op_kwargs": None,
+        "nonlin": "torch.nn.LeakyReLU",
+        "nonlin_kwargs": {"inplace": True},
+    }
+
+
+class UNetMemoryModel:
+    """Feature-map voxel count of the planned PlainConvUNet, computed by dynamic-network-architectures."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self._cache: dict[str, float] = {}
+
+    def __call__(self, patch_size: tuple[int, ...], arch_kwargs: dict[str, Any]) -> float:
+        key = f"{tuple(patch_size)}_{arch_kwargs['strides']}"
+        if key not in self._cache:
+            import torch
+            from dynamic_network_architectures.architectures.unet import PlainConvUNet
+
+            kw = dict(arch_kwargs)
+            kw.update(conv_op=torch.nn.Conv3d, norm_op=torch.nn.InstanceNorm3d, nonlin=torch.nn.LeakyReLU, dropout_op=None)
+            n_threads = torch.get_num_threads()
+            try:
+                net = PlainConvUNet(input_channels=self.in_channels, num_classes=self.out_channels, **kw)
+                self._cache[key] = float(net.compute_conv_feature_map_size(list(patch_size)))
+            finally:
+                torch.set_num_threads(n_threads)
+        return self._cache[key]
+
+
+def plan_configuration(spacing: np.ndarray, median_shape: np.ndarray, n_voxels_dataset: float,
+                       memory: UNetMemoryModel, gpu_memory_target_gb: float, data_identifier: str) -> dict[str, Any]:
+    """Patch size, topology and batch size for one spacing (nnU-Net v2's get_plans_for_configuration rules)."""
+    tmp = 1 / np.array(spacing)
+    initial = [round(i) for i in tmp * (256 ** 3 / np.prod(tmp)) ** (1 / 3)]
+    initial = [min(i, j) for i, j in zip(initial, median_shape)]
+    topo = pool_and_conv_props(list(spacing), initial, UNET_MIN_EDGE)
+    arch = _unet_kwargs(topo.strides, topo.kernel_sizes, len(topo.strides))
+    patch = list(topo.patch_size)
+    estimate = memory(tuple(patch), arch)
+    reference = UNET_REFERENCE_VAL_3D * gpu_memory_target_gb / UNET_REFERENCE_GB
+    while estimate / UNET_REFERENCE_BS * 2 > reference:
+        # shrink the axis that is largest relative to the median shape, by one divisibility step
+        axis = int(np.argsort([p / m for p, m in zip(patch, median_shape)])[-1])
+        trial = list(patch)
+        trial[axis] -= topo.divisible_by[axis]
+        step = pool_and_conv_props(list(spacing), trial, UNET_MIN_EDGE).divisible_by
+        patch[axis] -= step[axis]
+        topo = pool_and_conv_props(list(spacing), patch, UNET_MIN_EDGE)
+        patch = list(topo.patch_size)
+        arch = _unet_kwargs(topo.strides, topo.kernel_sizes, len(topo.strides))
+        estimate = memory(tuple(patch), arch)
+    batch_size = round(reference / estimate * UNET_REFERENCE_BS)
+    cap = round(n_voxels_dataset * MAX_DATASET_COVERED / np.prod(patch, dtype=np.float64))
+    batch_size = int(max(min(batch_size, cap), UNET_MIN_BATCH_SIZE))
+    return {
+        "data_identifier": data_identifier,
+        "spacing": [float(s) for s in spacing],
+        "median_image_size_in_voxels": [float(m) for m in median_shape],
+        "patch_size": [int(p) for p in patch],
+        "batch_size": batch_size,
+        "architecture": {
+            "network_class_name": UNET_CLASS,
+            "arch_kwargs": arch,
+            "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
+            "feature_map_voxels": estimate,
+        },
+        "memory_reference_feature_map_voxels": reference,
+    }
+
+
+def _resampling(spacing: list[float]) -> dict[str, Any]:
+    """Cubic for images and target, nearest for masks; a coarse axis (>3x) is resampled on its own, linearly."""
+    return {
+        "image": {"order": 3, "order_z": 1, "anisotropy_threshold": ANISO_THRESHOLD},
+        "target": {"order": 3, "order_z": 1, "anisotropy_threshold": ANISO_THRESHOLD},
+        "mask": {"order": 0, "order_z": 0, "anisotropy_threshold": ANISO_THRESHOLD},
+    }
+
+
+def plan_experiment(fingerprint: dict[str, Any], dj: DatasetJson, dataset_name: str,
+                    options: PlannerOptions = PlannerOptions()) -> dict[str, Any]:
+    """Derive plans.json from a fingerprint and the dataset description."""
+    spacings = np.array(fingerprint["spacings"], dtype=float)
+    shapes = np.array(fingerprint["shapes_after_crop"], dtype=float)
+    target_spacing = fullres_target_spacing(spacings, shapes, options.overwrite_target_spacing)
+    forward, backward = transpose_for(target_spacing)
+    fullres_spacing = target_spacing[forward]
+    new_shapes = [compute_new_shape(s, sp, target_spacing) for s, sp in zip(fingerprint["shapes_after_crop"], fingerprint["spacings"])]
+    median_shape = np.median(new_shapes, 0)[forward]
+    n_voxels = float(np.prod(median_shape, dtype=np.float64) * len(fingerprint["spacings"]))
+    memory = UNetMemoryModel(dj.num_channels, options.output_channels)
+    gb = options.gpu_memory_target_gb
+    fullres = plan_configuration(fullres_spacing, median_shape, n_voxels, memory, gb, f"{options.plans_name}_3d_fullres")
+    configurations: dict[str, Any] = {}
+    lowres = _maybe_lowres(fullres, median_shape, len(fingerprint["spacings"]), memory, gb, options.plans_name)
+    if lowres is not None:
+        configurations["3d_lowres"] = lowres
+    configurations["3d_fullres"] = fullres
+    for cfg in configurations.values():
+        cfg["resampling"] = _resampling(cfg["spacing"])
+        n_vox_cfg = float(np.prod(cfg["median_image_size_in_voxels"], dtype=np.float64) * len(fingerprint["spacings"]))
+        cfg["families"] = plan_families(cfg["patch_size"], dj.num_channels, options.output_channels,
+                                        cfg["architecture"]["feature_map_voxels"],
+                                        cfg["memory_reference_feature_map_voxels"], n_vox_cfg)
+    fg_props = fingerprint["foreground_intensity_properties_per_channel"]
+    norm_src = [plan_normalization(c.modality, fg_props.get(str(i)), False, options.normalization).to_dict()
+                for i, c in enumerate(dj.source_channels)]
+    norm_tgt = plan_normalization(dj.target.modality, fingerprint.get("target_intensity_properties"), True,
+                                  options.normalization).to_dict()
+    return {
+        "dataset_name": dataset_name,
+        "plans_name": options.plans_name,
+        "autotrans_version": __version__,
+        "experiment_planner_used": "autotrans.planning.planner.plan_experiment (nnU-Net v2 ExperimentPlanner rules)",
+        "gpu_memory_target_gb": gb,
+        "source_channels": [{"name": c.name, "modality": c.modality} for c in dj.source_channels],
+        "target": {"name": dj.target.name, "modality": dj.target.modality},
+        "paired": dj.paired,
+        "original_median_spacing_after_transp": [float(s) for s in np.median(spacings, 0)[forward]],
+        "original_median_shape_after_transp": [int(round(s)) for s in np.median(shapes, 0)[forward]],
+        "transpose_forward": forward,
+        "transpose_backward": backward,
+        "crop": {"rule": "mask" if fingerprint.get("has_masks") else "source_nonbackground",
+                 "ct_body_threshold_hu": -500.0},
+        "normalization": {"source": norm_src, "target": norm_tgt,
+                          "target_output_scale": norm_tgt["unit"]},
+        "configurations": configurations,
+        "fingerprint_sha1": fingerprint_hash(fingerprint),
+    }
+
+
+def _maybe_lowres(fullres: dict[str, Any], median_shape: np.ndarray, n_cases: int, memory: UNetMemoryModel,
+                  gb: float, plans_name: str) -> dict[str, Any] | None:
+    """nnU-Net's 3d_lowres: when the fullres patch covers <25% of the median image, coarsen until it covers enough."""
+    median_voxels = np.prod(median_shape, dtype=np.float64)
+    patch_voxels = np.prod(fullres["patch_size"], dtype=np.float64)
+    spacing_full = np.array(fullres["spacing"])
+    lowres_spacing = spacing_full.copy()
+    lowres = None
+    while patch_voxels / median_voxels < LOWRES_THRESHOLD:
+        max_spacing = max(lowres_spacing)
+        if np.any(max_spacing / lowres_spacing > 2):
+            lowres_spacing[(max_spacing / lowres_spacing) > 2] *= LOWRES_SPACING_FACTOR
+        else:
+            lowres_spacing *= LOWRES_SPACING_FACTOR
+        median_voxels = np.prod(spacing_full / lowres_spacing * median_shape, dtype=np.float64)
+        shape = np.array([round(i) for i in spacing_full / lowres_spacing * median_shape])
+        lowres = plan_configuration(lowres_spacing, shape, float(median_voxels * n_cases), memory, gb,
+                                    f"{plans_name}_3d_lowres")
+        patch_voxels = np.prod(lowres["patch_size"], dtype=np.int64)
+    if lowres is not None and np.prod(median_shape, dtype=np.float64) / median_voxels < 2:
+        logger.info("3d_lowres dropped: its images would be less than 2x smaller than 3d_fullres")
+        return None
+    return lowres
+
+
+def fingerprint_hash(fingerprint: dict[str, Any]) -> str:
+    return hashlib.sha1(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def plans_hash(plans: dict[str, Any]) -> str:
+    """Hash of the decisions in a plan (used to tie preprocessed data and checkpoints to it)."""
+    return hashlib.sha1(json.dumps(plans, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def merge_user_configurations(new: dict[str, Any], old: dict[str, Any] | None) -> dict[str, Any]:
+    """Keep configurations the user added to an existing plans.json (nnU-Net's re-planning behaviour)."""
+    if not old:
+        return new
+    merged = deepcopy(new)
+    for name, cfg in old.get("configurations", {}).items():
+        if name not in merged["configurations"]:
+            merged["configurations"][name] = cfg
+            logger.info("kept user configuration %r from the existing plans", name)
+    return merged

@@ -1,0 +1,1 @@
+"""Cropping, resampling, invertible normalization and the on-disk store, shared by training and inference."""
