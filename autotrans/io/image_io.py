@@ -3,7 +3,9 @@
 Arrays are numpy in SimpleITK's memory order ``(z, y, x)``; ``Geometry`` keeps ITK's ``(x, y, z)``
 conventions (size, spacing, origin, 3x3 direction in row-major order) so an exported image gets the
 input's exact header. nibabel is not needed here: SimpleITK reads and writes NIfTI faithfully
-(qform/sform to LPS direction), and using one library avoids two conventions for the same file.
+(qform/sform to LPS direction). One exception: ITK's NIfTI reader silently turns NaN and Inf voxels into 0,
+which would hide corrupt data from the integrity check, so NIfTI voxel values are read with nibabel
+(same voxel order as ITK's index order, same scl_slope/scl_inter) while the geometry still comes from ITK.
 """
 from __future__ import annotations
 
@@ -126,6 +128,8 @@ def read_geometry(path: str | os.PathLike) -> Geometry:
         raise ImageReadError(f"{path}: unreadable header") from None
     if reader.GetDimension() != 3:
         raise ImageReadError(f"{path}: {reader.GetDimension()}D image, expected 3D")
+    if reader.GetNumberOfComponents() != 1:
+        raise ImageReadError(f"{path}: {reader.GetNumberOfComponents()} components per voxel, expected 1")
     return Geometry(
         size=tuple(int(s) for s in reader.GetSize()),
         spacing=tuple(float(s) for s in reader.GetSpacing()),
@@ -134,12 +138,29 @@ def read_geometry(path: str | os.PathLike) -> Geometry:
     )
 
 
+def _read_nifti_values(path: Path, geometry: Geometry) -> np.ndarray:
+    import nibabel as nib
+
+    try:
+        data = np.asanyarray(nib.load(str(path)).dataobj)
+    except Exception as e:  # nibabel raises many types for corrupt files
+        raise ImageReadError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
+    data = np.squeeze(data, axis=tuple(range(3, data.ndim))) if data.ndim > 3 else data
+    if data.shape != tuple(geometry.size):
+        raise ImageReadError(f"{path}: voxel data shape {data.shape} does not match header size {geometry.size}")
+    return np.ascontiguousarray(data.T)
+
+
 def read_image(path: str | os.PathLike, dtype: Any = np.float32) -> tuple[np.ndarray, Geometry]:
     """Read a 3D scalar volume as a ``(z, y, x)`` array plus its geometry.
 
     Raises:
         ImageReadError: missing, unreadable, not 3D (2D and 4D are refused), or multi-component.
     """
+    if file_ending(path) in (".nii.gz", ".nii"):
+        geometry = read_geometry(path)
+        arr = _read_nifti_values(Path(path), geometry)
+        return (arr.astype(dtype, copy=False) if dtype is not None else arr), geometry
     img = _read_sitk(path)
     dim = img.GetDimension()
     if dim != 3:

@@ -7,7 +7,6 @@ pool a bounded, seeded sample of foreground voxels per case, like nnU-Net, so me
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from tqdm import tqdm
 from autotrans.dataset.format import CaseFiles, DatasetJson
 from autotrans.dataset.integrity import load_case
 from autotrans.errors import DatasetError
+from autotrans.utils.parallel import pool_context
 from autotrans.preprocessing.cropping import crop_region
 
 logger = logging.getLogger(__name__)
@@ -98,8 +98,7 @@ def extract_fingerprint(cases: dict[str, CaseFiles], dj: DatasetJson, num_proces
     items = [(cases[c], dj) for c in sorted(cases)]
     results: list[tuple[dict[str, Any] | None, list[tuple[str, str]]]] = []
     if num_processes > 1 and len(items) > 1:
-        ctx = mp.get_context("spawn")
-        with ctx.Pool(min(num_processes, len(items))) as pool:
+        with pool_context().Pool(min(num_processes, len(items))) as pool:
             for r in tqdm(pool.imap(_worker, items), total=len(items), desc="fingerprint", unit="case"):
                 results.append(r)
     else:

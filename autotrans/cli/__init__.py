@@ -1,0 +1,1 @@
+"""Thin command-line modules: parse arguments, call the API, turn user errors into one-line messages."""

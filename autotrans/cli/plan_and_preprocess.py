@@ -1,0 +1,92 @@
+"""``autotrans_plan_and_preprocess`` and its three steps (nnU-Net's command shapes)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from autotrans.cli.common import run, setup_logging
+from autotrans.planning import api
+from autotrans.planning.planner import DEFAULT_PLANS_NAME, PlannerOptions
+from autotrans.preprocessing.normalization import NormalizationDefaults
+
+
+def _add_dataset(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-d", nargs="+", required=True, metavar="DATASET", help="dataset id(s) or name(s), e.g. 3 or Dataset003_X")
+    p.add_argument("--verbose", action="store_true")
+
+
+def _add_np(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-np", type=int, default=2, metavar="N", help="worker processes (default 2)")
+
+
+def _add_planner(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-gpu_memory_target", type=float, default=8.0, metavar="GB", help="GPU memory target in GB (default 8)")
+    p.add_argument("--overwrite_target_spacing", type=float, nargs=3, metavar=("Z", "Y", "X"), default=None,
+                   help="custom 3d_fullres target spacing in mm, array order (z y x)")
+    p.add_argument("-overwrite_plans_name", "-plans_name", dest="plans_name", default=DEFAULT_PLANS_NAME)
+    p.add_argument("--ct_window", type=float, nargs=2, metavar=("LO", "HI"), default=(-1024.0, 3071.0), help="HU window for CT/CBCT")
+    p.add_argument("--pet_transform", choices=("linear", "log1p"), default="linear")
+    p.add_argument("--pet_ceiling", type=float, default=None, help="SUV ceiling (default: fingerprint p99.9)")
+
+
+def _options(a: argparse.Namespace) -> PlannerOptions:
+    return PlannerOptions(
+        gpu_memory_target_gb=a.gpu_memory_target,
+        overwrite_target_spacing=tuple(a.overwrite_target_spacing) if a.overwrite_target_spacing else None,
+        plans_name=a.plans_name,
+        normalization=NormalizationDefaults(ct_window=tuple(a.ct_window), pet_transform=a.pet_transform,
+                                            pet_ceiling=a.pet_ceiling),
+    )
+
+
+def main_plan_and_preprocess(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="autotrans_plan_and_preprocess",
+                                description="Integrity check, fingerprint, plan and preprocess raw datasets.")
+    _add_dataset(p)
+    _add_np(p)
+    _add_planner(p)
+    p.add_argument("-c", nargs="+", default=None, metavar="CONFIG", help="configurations to preprocess (default: 3d_fullres and 3d_lowres when planned)")
+    p.add_argument("--no_pp", action="store_true", help="stop after planning")
+    p.add_argument("--clean", action="store_true", help="recompute the fingerprint even when files are unchanged")
+    a = p.parse_args(argv)
+    setup_logging(a.verbose)
+
+    def go() -> None:
+        for d in a.d:
+            api.plan_and_preprocess(d, a.c, a.np, _options(a), no_pp=a.no_pp, clean=a.clean)
+
+    return run(p.prog, go)
+
+
+def main_extract_fingerprint(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="autotrans_extract_fingerprint", description="Integrity check and dataset fingerprint.")
+    _add_dataset(p)
+    _add_np(p)
+    p.add_argument("--clean", action="store_true")
+    a = p.parse_args(argv)
+    setup_logging(a.verbose)
+    return run(p.prog, lambda: [api.extract_fingerprint_step(d, a.np, a.clean) for d in a.d] and None)
+
+
+def main_plan_experiment(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="autotrans_plan_experiment", description="Plan from an existing fingerprint.")
+    _add_dataset(p)
+    _add_planner(p)
+    a = p.parse_args(argv)
+    setup_logging(a.verbose)
+    return run(p.prog, lambda: [api.plan_step(d, _options(a)) for d in a.d] and None)
+
+
+def main_preprocess(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="autotrans_preprocess", description="Preprocess with existing plans.")
+    _add_dataset(p)
+    _add_np(p)
+    p.add_argument("-c", nargs="+", default=None, metavar="CONFIG")
+    p.add_argument("-plans_name", default=DEFAULT_PLANS_NAME)
+    a = p.parse_args(argv)
+    setup_logging(a.verbose)
+    return run(p.prog, lambda: [api.preprocess_step(d, a.c, a.np, a.plans_name) for d in a.d] and None)
+
+
+if __name__ == "__main__":
+    sys.exit(main_plan_and_preprocess())
