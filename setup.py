@@ -12,6 +12,8 @@ CONSOLE_SCRIPTS = [
     "autotrans_preprocess=autotrans.cli.plan_and_preprocess:main_preprocess",
     "autotrans_install_demo=autotrans.cli.install_demo:main",
     "autotrans_simulate_cbct=autotrans.cli.simulate_cbct:main",
+    "autotrans_convert=autotrans.cli.convert:main",
+    "autotrans_dicom2nifti=autotrans.cli.dicom2nifti:main",
     "autotrans_train=autotrans.cli.not_built:main_train",
     "autotrans_predict=autotrans.cli.not_built:main_predict",
     "autotrans_evaluate=autotrans.cli.not_built:main_evaluate",
@@ -30,7 +32,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["autotrans", "autotrans.*"]),
     include_package_data=True,
-    package_data={"autotrans.dataset": ["demo_data/*", "demo_data/*/*", "demo_data/*/*/*"]},
+    package_data={"autotrans.dataset": ["demo_data/*.md", "demo_data/*/*.json", "demo_data/*/*/*.nii.gz"]},
     install_requires=[
         "torch>=2.1,<3",
         "numpy>=1.24",
@@ -45,6 +47,7 @@ setup(
         "blosc2>=2.5",
         "tqdm>=4.60",
         "matplotlib>=3.6",
+        "pydicom>=2.3",
     ],
     extras_require={
         "test": ["pytest>=7", "nnunetv2>=2.5"],

@@ -6,6 +6,8 @@ Shipped in ``autotrans/dataset/demo_data/`` in the raw format (see ATTRIBUTION.m
   T2 -> FLAIR, 2 mm isotropic, cropped to the brain, brain mask from non-zero T2, intensities as int16.
 - ``Dataset902_DemoCTtoPET``: the CC-Tumor-Heterogeneity PET/CT patient at 6 mm, cut into three axial slabs
   that serve as "cases" (one patient: slabs are not independent subjects; the dataset.json says so).
+- ``Dataset903_DemoSimCBCTtoCT`` is not shipped: ``install_demo`` simulates CBCT from Dataset902's real CT
+  slabs (seeded, see documentation/cbct_simulation.md); its dataset.json says it is simulated.
 
 ``build_demo_data`` regenerates them from ``../shared/data``; ``install_demo`` copies them into
 ``$autotrans_raw``, optionally under other dataset ids.
@@ -31,13 +33,14 @@ BRAIN_SPACING_MM = 2.0
 PETCT_SPACING_MM = 6.0
 N_SLABS = 3
 DEMO_DATASETS = {901: "DemoT2toFLAIR", 902: "DemoCTtoPET"}
+SIMULATED_CBCT_DEMO = (903, "DemoSimCBCTtoCT")  # built at install time from Dataset902's real CT
 
 
 def demo_data_dir() -> Path:
     return Path(str(resources.files("autotrans.dataset") / "demo_data"))
 
 
-def _resample_iso(img: sitk.Image, spacing: float, interpolator: int, smooth: bool) -> sitk.Image:
+def _resample_iso(img: sitk.Image, spacing: float, interpolator: int, smooth: bool, background: float = 0.0) -> sitk.Image:
     """Resample to isotropic ``spacing`` on the same physical extent; Gaussian pre-smoothing against aliasing."""
     if smooth:
         sigma = [max(0.0, (spacing ** 2 - s ** 2)) ** 0.5 / 2.355 for s in img.GetSpacing()]
@@ -49,7 +52,7 @@ def _resample_iso(img: sitk.Image, spacing: float, interpolator: int, smooth: bo
     # keep the physical centre of the first voxel's corner: origin shifts by half the spacing change
     corner = np.array(img.GetOrigin()) - 0.5 * np.array(img.GetDirection()).reshape(3, 3) @ np.array(img.GetSpacing())
     ref.SetOrigin(tuple(corner + 0.5 * np.array(img.GetDirection()).reshape(3, 3) @ np.full(3, spacing)))
-    return sitk.Resample(img, ref, sitk.Transform(), interpolator, 0.0, img.GetPixelID())
+    return sitk.Resample(img, ref, sitk.Transform(), interpolator, background, img.GetPixelID())
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:
@@ -88,8 +91,13 @@ def _as_int16(img: sitk.Image, scale: float) -> sitk.Image:
     return out
 
 
-def build_brain_demo(shared: Path, out: Path) -> None:
-    """Dataset901: four real T2->FLAIR brains at 2 mm with brain masks (and lesion maps for the MS cases)."""
+def _maybe_resample(img: sitk.Image, spacing: float | None, interpolator: int, smooth: bool, background: float = 0.0) -> sitk.Image:
+    return img if spacing is None else _resample_iso(img, spacing, interpolator, smooth, background)
+
+
+def build_brain_demo(shared: Path, out: Path, spacing: float | None = BRAIN_SPACING_MM) -> None:
+    """Dataset901: four real T2->FLAIR brains (2 mm; ``spacing=None`` keeps the native 1 mm) with brain masks
+    and, for the MS cases, lesion maps."""
     cases = [
         ("MS-patient07", shared / "open_ms_data_mni/patient07", "T2.nii.gz", "FLAIR.nii.gz", "lesion_gt.nii.gz", 1.0),
         ("MS-patient19", shared / "open_ms_data_mni/patient19", "T2.nii.gz", "FLAIR.nii.gz", "lesion_gt.nii.gz", 1.0),
@@ -97,8 +105,8 @@ def build_brain_demo(shared: Path, out: Path) -> None:
         ("TCGA-FG-6692", shared / "brainles_tcga_lgg_sri24/TCGA-FG-6692", "t2.nii.gz", "flair.nii.gz", None, 1000.0),
     ]
     for case, folder, t2_name, flair_name, lesion_name, scale in cases:
-        t2 = _resample_iso(sitk.ReadImage(str(folder / t2_name), sitk.sitkFloat32), BRAIN_SPACING_MM, sitk.sitkBSpline, True)
-        flair = _resample_iso(sitk.ReadImage(str(folder / flair_name), sitk.sitkFloat32), BRAIN_SPACING_MM, sitk.sitkBSpline, True)
+        t2 = _maybe_resample(sitk.ReadImage(str(folder / t2_name), sitk.sitkFloat32), spacing, sitk.sitkBSpline, True)
+        flair = _maybe_resample(sitk.ReadImage(str(folder / flair_name), sitk.sitkFloat32), spacing, sitk.sitkBSpline, True)
         t2_arr = sitk.GetArrayFromImage(t2)
         brain = _largest_component(binary_fill_holes(np.abs(t2_arr) > 1e-3 * np.abs(t2_arr).max()))
         box = _bbox(brain, margin=2)
@@ -109,7 +117,7 @@ def build_brain_demo(shared: Path, out: Path) -> None:
         _write(_as_int16(_crop_to(flair, box), scale), out / "targetsTr" / f"{case}.nii.gz")
         _write(_crop_to(mask_img, box), out / "masksTr" / f"{case}.nii.gz")
         if lesion_name:
-            les = _resample_iso(sitk.ReadImage(str(folder / lesion_name), sitk.sitkFloat32), BRAIN_SPACING_MM, sitk.sitkLinear, False)
+            les = _maybe_resample(sitk.ReadImage(str(folder / lesion_name), sitk.sitkFloat32), spacing, sitk.sitkLinear, False)
             les_arr = (sitk.GetArrayFromImage(les) >= 0.5) & brain
             les_img = sitk.GetImageFromArray(les_arr.astype(np.uint8))
             les_img.CopyInformation(t2)
@@ -122,24 +130,26 @@ def build_brain_demo(shared: Path, out: Path) -> None:
         extra={
             "description": "Real T2 -> FLAIR demo: MS patients 07 and 19 (open_ms_data, MNI space, with consensus "
                            "white-matter lesion masks) and TCGA-LGG DU-7294 and FG-6692 (BrainLes-preprocessed, SRI24 "
-                           "space). Downsampled to 2 mm, cropped to the brain, intensities stored as int16 (MS x1, "
+                           f"space). Resampled to {spacing or 1:g} mm, cropped to the brain, intensities stored as int16 (MS x1, "
                            "TCGA x1000); brain masks from non-zero T2.",
             "licence": "CC BY (open_ms_data, Lesjak et al. 2017); CC BY 3.0 (TCIA TCGA-LGG). See ATTRIBUTION.md.",
             "reference": "Lesjak Z. et al., Neuroinformatics 2017, doi:10.1007/s12021-017-9348-7; TCIA TCGA-LGG collection.",
         }), out)
 
 
-def build_petct_demo(shared: Path, out: Path) -> None:
-    """Dataset902: one real FDG PET/CT patient at 6 mm, three axial slabs as cases (CT in HU -> PET in SUV)."""
+def build_petct_demo(shared: Path, out: Path, spacing: float | None = PETCT_SPACING_MM, n_slabs: int = N_SLABS) -> None:
+    """Dataset902: one real FDG PET/CT patient (6 mm; ``spacing=None`` keeps the shared 3 mm grid), cut into
+    ``n_slabs`` axial slabs used as cases (CT in HU -> PET in SUV)."""
     folder = shared / "petct_tcia_ccth_a01"
-    ct = _resample_iso(sitk.ReadImage(str(folder / "ct_hu_3mm.nii.gz"), sitk.sitkFloat32), PETCT_SPACING_MM, sitk.sitkLinear, True)
-    pet = _resample_iso(sitk.ReadImage(str(folder / "pet_suv_3mm.nii.gz"), sitk.sitkFloat32), PETCT_SPACING_MM, sitk.sitkLinear, True)
-    body = _resample_iso(sitk.ReadImage(str(folder / "body_mask_3mm.nii.gz"), sitk.sitkFloat32), PETCT_SPACING_MM, sitk.sitkLinear, False)
+    ct = _maybe_resample(sitk.ReadImage(str(folder / "ct_hu_3mm.nii.gz"), sitk.sitkFloat32), spacing, sitk.sitkLinear, True,
+                         background=-1024.0)
+    pet = _maybe_resample(sitk.ReadImage(str(folder / "pet_suv_3mm.nii.gz"), sitk.sitkFloat32), spacing, sitk.sitkLinear, True)
+    body = _maybe_resample(sitk.ReadImage(str(folder / "body_mask_3mm.nii.gz"), sitk.sitkFloat32), spacing, sitk.sitkLinear, False)
     body_arr = _largest_component(sitk.GetArrayFromImage(body) >= 0.5)
     box = _bbox(body_arr, margin=2)
     z0, z1 = box[0]
-    edges = np.linspace(z0, z1, N_SLABS + 1).round().astype(int)
-    for i in range(N_SLABS):
+    edges = np.linspace(z0, z1, n_slabs + 1).round().astype(int)
+    for i in range(n_slabs):
         slab_box = [(int(edges[i]), int(edges[i + 1])), box[1], box[2]]
         case = f"CCTH-A01-slab{i}"
         ct_i = _crop_to(ct, slab_box)
@@ -157,10 +167,10 @@ def build_petct_demo(shared: Path, out: Path) -> None:
         _write(_crop_to(m, slab_box), out / "masksTr" / f"{case}.nii.gz")
     save_dataset_json(DatasetJson(
         name="DemoCTtoPET", source_channels=(ChannelInfo("CT", "CT"),), target=ChannelInfo("PET", "PET"),
-        paired=True, file_ending=".nii.gz", num_training=N_SLABS,
+        paired=True, file_ending=".nii.gz", num_training=n_slabs,
         extra={
             "description": "Real CT (HU) -> FDG PET (SUVbw) demo from ONE patient (TCIA CC-Tumor-Heterogeneity CCTH-A01), "
-                           "6 mm isotropic, cut into three axial slabs used as cases: they are not independent subjects, "
+                           f"{spacing or 3:g} mm isotropic, cut into {n_slabs} axial slabs used as cases: they are not independent subjects, "
                            "so cross-validation numbers on this demo say nothing about generalisation.",
             "licence": "CC BY 4.0 (TCIA CC-Tumor-Heterogeneity). See ATTRIBUTION.md.",
             "reference": "Mayr N. et al. 2023, TCIA, doi:10.7937/ERZ5-QZ59.",
@@ -179,8 +189,12 @@ def build_demo_data(shared_data: Path, out_dir: Path | None = None) -> Path:
     return out_dir
 
 
-def install_demo(ids: dict[int, int] | None = None, root: Path | None = None, overwrite: bool = False) -> list[Path]:
-    """Copy the bundled demo datasets into ``$autotrans_raw``. ``ids`` maps shipped id -> installed id."""
+def install_demo(ids: dict[int, int] | None = None, root: Path | None = None, overwrite: bool = False,
+                 simulate_cbct: bool = True) -> list[Path]:
+    """Copy the bundled demo datasets into ``$autotrans_raw`` and simulate the CBCT->CT one from the CT->PET CTs.
+
+    ``ids`` maps shipped id -> installed id (903 for the simulated CBCT dataset).
+    """
     root = root or raw_root()
     src_root = demo_data_dir()
     installed = []
@@ -204,4 +218,22 @@ def install_demo(ids: dict[int, int] | None = None, root: Path | None = None, ov
         load_dataset_json(dest)  # validates what was copied
         installed.append(dest)
         logger.info("installed %s", dest)
+    if simulate_cbct:
+        installed.append(_install_simulated_cbct(root, (ids or {}), overwrite))
     return installed
+
+
+def _install_simulated_cbct(root: Path, ids: dict[int, int], overwrite: bool) -> Path:
+    from autotrans.dataset.cbct import build_simulated_cbct_dataset
+
+    ct_folder = root / dataset_folder_name(ids.get(902, 902), DEMO_DATASETS[902])
+    ds_id = ids.get(SIMULATED_CBCT_DEMO[0], SIMULATED_CBCT_DEMO[0])
+    dest = root / dataset_folder_name(ds_id, SIMULATED_CBCT_DEMO[1])
+    if dest.exists() and not overwrite:
+        logger.info("%s already installed, kept (use --overwrite to replace)", dest)
+        return dest
+    cts = [(p.name[: -len("_0000.nii.gz")], p, ct_folder / "masksTr" / p.name.replace("_0000", ""))
+           for p in sorted((ct_folder / "imagesTr").glob("*_0000.nii.gz"))]
+    return build_simulated_cbct_dataset(cts, ds_id, SIMULATED_CBCT_DEMO[1], seed=0, overwrite=overwrite,
+                                        source_description="Source CTs: the bundled CT->PET demo (TCIA "
+                                        "CC-Tumor-Heterogeneity CCTH-A01, CC BY 4.0), three slabs of one patient.")

@@ -1,0 +1,104 @@
+"""End-to-end: autotrans_plan_and_preprocess on the bundled real demo datasets."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from autotrans.cli.plan_and_preprocess import (main_extract_fingerprint, main_plan_and_preprocess,
+                                               main_plan_experiment, main_preprocess)
+from autotrans.planning.plans import Plans
+from autotrans.preprocessing.store import PreprocessedCase, case_ids
+from autotrans.utils.files import load_json
+
+
+def _outputs(pre: Path) -> dict[str, Path]:
+    return {"fingerprint": pre / "dataset_fingerprint.json", "plans": pre / "autotransPlans.json",
+            "splits": pre / "splits_final.json", "data": pre / "autotransPlans_3d_fullres"}
+
+
+def test_brain_t2_to_flair(brain_demo: Path, roots, caplog) -> None:
+    assert main_plan_and_preprocess(["-d", "11", "-np", "2"]) == 0
+    pre = roots["autotrans_preprocessed"] / "Dataset011_DemoT2toFLAIR"
+    out = _outputs(pre)
+    assert all(p.exists() for p in out.values())
+    fp = load_json(out["fingerprint"])
+    assert fp["num_cases"] == 4 and fp["has_lesions"] and fp["has_masks"]
+    assert set(fp["cases"]) == {"MS-patient07", "MS-patient19", "TCGA-DU-7294", "TCGA-FG-6692"}
+    plans = Plans.load(out["plans"])
+    cfg = plans.configuration("3d_fullres")
+    assert cfg.spacing == [2.0, 2.0, 2.0]
+    assert plans.target_normalization.scheme == "percentile"
+    assert set(cfg.data["families"]) == {"pix2pix", "cyclegan", "srgan", "latent"}
+    assert case_ids(out["data"]) == sorted(fp["cases"])
+    case = PreprocessedCase(out["data"], "MS-patient07")
+    src, tgt, mask, les = (case.load(k) for k in ("source", "target", "mask", "lesions"))
+    assert src.shape[0] == 1 and tgt.shape == src.shape and mask.shape == src.shape[1:]
+    assert np.isfinite(src).all() and -1.0 <= tgt.min() and tgt.max() <= 1.0
+    assert les.sum() > 0 and "lesions" in case.locations()
+    props = case.properties
+    raw_size = list(reversed(props["shape_before_crop"]))
+    assert props["geometry"]["size"] == raw_size and props["crop_bbox"][0][1] <= props["shape_before_crop"][0]
+    # random access decompresses only what is read
+    patch = case.array("source")[:, 10:26, 10:26, 10:26]
+    assert patch.shape == (1, 16, 16, 16)
+    splits = load_json(out["splits"])
+    assert len(splits) == 4 and all(len(f["val"]) == 1 for f in splits)  # leave-one-out with 4 cases
+    assert "leave-one-out" in caplog.text
+
+
+def test_second_run_does_no_work_and_replanning_keeps_user_config(petct_demo: Path, roots, caplog) -> None:
+    assert main_plan_and_preprocess(["-d", "12", "-np", "1"]) == 0
+    pre = roots["autotrans_preprocessed"] / "Dataset012_DemoCTtoPET"
+    out = _outputs(pre)
+    plans = load_json(out["plans"])
+    assert plans["normalization"]["target"]["scheme"] == "suv"
+    assert plans["normalization"]["source"][0]["window"] == [-1024.0, 3071.0]
+    # a user adds a configuration (nnU-Net style inheritance) and their own split
+    plans["configurations"]["3d_fullres_bs4"] = {"inherits_from": "3d_fullres", "batch_size": 4}
+    out["plans"].write_text(json.dumps(plans))
+    stamps = {p.name: p.stat().st_mtime_ns for p in out["data"].iterdir()}
+    fp_stamp = out["fingerprint"].stat().st_mtime_ns
+    caplog.clear()
+    caplog.set_level(logging.INFO)
+    assert main_plan_and_preprocess(["-d", "12", "-np", "1"]) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in out["data"].iterdir()} == stamps
+    assert out["fingerprint"].stat().st_mtime_ns == fp_stamp
+    assert "already preprocessed" in caplog.text and "fingerprint is up to date" in caplog.text
+    again = Plans.load(out["plans"])
+    assert again.configuration("3d_fullres_bs4").batch_size == 4
+    assert again.configuration("3d_fullres_bs4").patch_size == again.configuration("3d_fullres").patch_size
+
+
+def test_user_split_file_is_respected(petct_demo: Path, roots) -> None:
+    user = [{"train": ["CCTH-A01-slab0", "CCTH-A01-slab1"], "val": ["CCTH-A01-slab2"]}]
+    (petct_demo / "splits_final.json").write_text(json.dumps(user))
+    assert main_plan_and_preprocess(["-d", "12", "-np", "1"]) == 0
+    assert load_json(roots["autotrans_preprocessed"] / "Dataset012_DemoCTtoPET" / "splits_final.json") == user
+
+
+def test_separate_steps_and_gpu_memory_target(brain_demo: Path, roots) -> None:
+    assert main_extract_fingerprint(["-d", "Dataset011_DemoT2toFLAIR"]) == 0
+    assert main_plan_experiment(["-d", "DemoT2toFLAIR", "-gpu_memory_target", "2",
+                                 "--overwrite_target_spacing", "3", "3", "3"]) == 0
+    plans = Plans.load(roots["autotrans_preprocessed"] / "Dataset011_DemoT2toFLAIR" / "autotransPlans.json")
+    cfg = plans.configuration("3d_fullres")
+    assert cfg.spacing == [3.0, 3.0, 3.0]
+    assert main_preprocess(["-d", "11", "-np", "1"]) == 0
+    case = PreprocessedCase(roots["autotrans_preprocessed"] / "Dataset011_DemoT2toFLAIR" / cfg.data_identifier, "TCGA-DU-7294")
+    geom = case.properties["geometry"]
+    expected = [round(s * 2.0 / 3.0) for s in case.properties["shape_after_crop"]]
+    assert case.properties["shape_after_resampling"] == expected and len(geom["size"]) == 3
+
+
+def test_changed_files_after_fingerprint_are_detected(petct_demo: Path, roots, capsys) -> None:
+    assert main_extract_fingerprint(["-d", "12", "-np", "1"]) == 0
+    assert main_plan_experiment(["-d", "12"]) == 0
+    f = petct_demo / "targetsTr" / "CCTH-A01-slab0.nii.gz"
+    os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10_000_000_000))
+    assert main_preprocess(["-d", "12", "-np", "1"]) == 1
+    assert "changed since the fingerprint" in capsys.readouterr().err
