@@ -19,7 +19,7 @@ CONSOLE_SCRIPTS = [
     "autotrans_evaluate=autotrans.cli.not_built:main_evaluate",
     "autotrans_benchmark=autotrans.cli.not_built:main_benchmark",
     "autotrans_demo=autotrans.cli.not_built:main_demo",
-    "autotrans_turing=autotrans.cli.not_built:main_turing",
+    "autotrans_turing=autotrans.cli.turing:main",
 ]
 
 setup(
@@ -32,7 +32,10 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["autotrans", "autotrans.*"]),
     include_package_data=True,
-    package_data={"autotrans.dataset": ["demo_data/*.md", "demo_data/*/*.json", "demo_data/*/*/*.nii.gz"]},
+    package_data={
+        "autotrans.dataset": ["demo_data/*.md", "demo_data/*/*.json", "demo_data/*/*/*.nii.gz"],
+        "autotrans.turing": ["static/*"],
+    },
     install_requires=[
         "torch>=2.1,<3",
         "numpy>=1.24",
@@ -50,7 +53,7 @@ setup(
         "pydicom>=2.3",
     ],
     extras_require={
-        "test": ["pytest>=7", "nnunetv2>=2.5"],
+        "test": ["pytest>=7", "nnunetv2>=2.5", "selenium>=4.10"],
     },
     entry_points={"console_scripts": CONSOLE_SCRIPTS},
     classifiers=[

@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from autotrans.cli.plan_and_preprocess import (main_extract_fingerprint, main_plan_and_preprocess,
                                                main_plan_experiment, main_preprocess)

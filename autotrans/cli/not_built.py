@@ -9,7 +9,6 @@ _ISSUES = {
     "autotrans_evaluate": "evaluation and statistics (issue 6)",
     "autotrans_benchmark": "the benchmark grid (issue 6)",
     "autotrans_demo": "the end-to-end demo (issue 6); until then: autotrans_install_demo and autotrans_plan_and_preprocess",
-    "autotrans_turing": "the Visual Turing test platform (issue 7)",
 }
 
 
@@ -36,7 +35,3 @@ def main_benchmark() -> int:
 
 def main_demo() -> int:
     return _not_built("autotrans_demo")
-
-
-def main_turing() -> int:
-    return _not_built("autotrans_turing")

@@ -20,9 +20,6 @@ exactly. The output is float32 HU on the CT's own grid.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,6 +32,7 @@ from tqdm import tqdm
 from autotrans.dataset.converters.common import body_mask_from_ct
 from autotrans.dataset.format import ChannelInfo, DatasetJson, save_dataset_json
 from autotrans.errors import ConfigurationError
+from autotrans.utils.files import atomic_directory, ensure_replaceable
 from autotrans.io import read_image, write_image
 from autotrans.paths import dataset_folder_name, raw_root
 
@@ -227,14 +225,11 @@ def build_simulated_cbct_dataset(
         raise ConfigurationError("no CT volumes given to simulate CBCT from")
     folder = dataset_folder_name(dataset_id, name)
     dest = raw_root() / folder
-    if dest.exists() and any(dest.iterdir()) and not overwrite:
-        raise ConfigurationError(f"{dest} already exists and is not empty (pass --overwrite to replace it)")
+    ensure_replaceable(dest, overwrite)
     ids = [c for c, _, _ in cts]
     if len(set(ids)) != len(ids):
         raise ConfigurationError(f"duplicate case ids among the CTs: {sorted({c for c in ids if ids.count(c) > 1})}")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder}.", dir=dest.parent))
-    try:
+    with atomic_directory(dest) as tmp:
         for case_id, ct_path, mask_path in tqdm(cts, desc=f"simulating CBCT for {folder}", unit="case"):
             _write_case(tmp, case_id, Path(ct_path), mask_path, params, seed)
         dj = DatasetJson(
@@ -257,11 +252,5 @@ def build_simulated_cbct_dataset(
             },
         )
         save_dataset_json(dj, tmp)
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     logger.info("wrote %s (%d simulated CBCT/CT pairs)", dest, len(cts))
     return dest

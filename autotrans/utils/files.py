@@ -60,6 +60,34 @@ def atomic_dir_for(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
+def ensure_replaceable(dest: str | os.PathLike, overwrite: bool) -> None:
+    """Refuse to replace a non-empty folder unless asked (checked early, before expensive work)."""
+    from autotrans.errors import ConfigurationError
+
+    dest = Path(dest)
+    if dest.exists() and any(dest.iterdir()) and not overwrite:
+        raise ConfigurationError(f"{dest} already exists and is not empty (pass --overwrite to replace it)")
+
+
+@contextmanager
+def atomic_directory(dest: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling folder to fill; on success it replaces ``dest`` in one rename.
+
+    A failure or interruption leaves ``dest`` as it was and removes the partial folder.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        yield tmp
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _json_default(o: Any) -> Any:
     import numpy as np
 

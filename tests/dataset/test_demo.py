@@ -1,11 +1,9 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from autotrans.cli.install_demo import main as install_main
 from autotrans.dataset.demo import build_brain_demo, demo_data_dir

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from tqdm import tqdm
 
 from autotrans.dataset.format import ChannelInfo, DatasetJson, save_dataset_json
 from autotrans.errors import ConfigurationError, DatasetError
+from autotrans.utils.files import atomic_directory, ensure_replaceable
 from autotrans.io import Geometry, ImageReadError, file_ending, read_geometry, read_image, write_image
 from autotrans.paths import dataset_folder_name, raw_root
 
@@ -261,8 +261,7 @@ def write_raw_dataset(
         raise ConfigurationError(f"file mode {mode!r} not in {FILE_MODES}")
     folder = dataset_folder_name(dataset_id, name or plan.default_name)
     dest = raw_root() / folder
-    if dest.exists() and any(dest.iterdir()) and not overwrite:
-        raise ConfigurationError(f"{dest} already exists and is not empty (pass --overwrite to replace it)")
+    ensure_replaceable(dest, overwrite)
     geoms = check_plan(plan, resample)
     if plan.problems:
         if not skip_incomplete:
@@ -273,9 +272,7 @@ def write_raw_dataset(
         plan.cases = [c for c in plan.cases if c.case_id not in bad]
     if not any(c.split == "Tr" for c in plan.cases):
         raise ConfigurationError(f"{folder}: no complete training case found")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder}.", dir=dest.parent))
-    try:
+    with atomic_directory(dest) as tmp:
         for case in tqdm(plan.cases, desc=f"converting to {folder}", unit="case"):
             _write_case(plan, case, geoms[case.case_id], tmp, mode)
         n_tr = sum(c.split == "Tr" for c in plan.cases)
@@ -296,12 +293,6 @@ def write_raw_dataset(
             extra=extra,
         )
         save_dataset_json(dj, tmp)
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     logger.info("wrote %s (%d training, %d test cases)", dest, n_tr, extra["numTest"])
     return dest
 

@@ -1,0 +1,1 @@
+"""Tests of the visual Turing test platform (autotrans.turing)."""
