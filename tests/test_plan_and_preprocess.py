@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from autotrans.cli.plan_and_preprocess import (main_extract_fingerprint, main_plan_and_preprocess,
                                                main_plan_experiment, main_preprocess)
@@ -101,3 +102,18 @@ def test_changed_files_after_fingerprint_are_detected(petct_demo: Path, roots, c
     os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10_000_000_000))
     assert main_preprocess(["-d", "12", "-np", "1"]) == 1
     assert "changed since the fingerprint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("ending", [".mha", ".nrrd", ".nii"])
+def test_other_file_endings(petct_demo: Path, roots, ending: str) -> None:
+    import SimpleITK as sitk
+
+    for f in list(petct_demo.rglob("*.nii.gz")):
+        sitk.WriteImage(sitk.ReadImage(str(f)), str(f.with_name(f.name[: -len(".nii.gz")] + ending)))
+        f.unlink()
+    dj = json.loads((petct_demo / "dataset.json").read_text())
+    dj["file_ending"] = ending
+    (petct_demo / "dataset.json").write_text(json.dumps(dj))
+    assert main_plan_and_preprocess(["-d", "12", "-np", "1"]) == 0
+    data = roots["autotrans_preprocessed"] / "Dataset012_DemoCTtoPET" / "autotransPlans_3d_fullres"
+    assert case_ids(data) == ["CCTH-A01-slab0", "CCTH-A01-slab1", "CCTH-A01-slab2"]

@@ -91,14 +91,22 @@ def _nnunet_plan_dataset(tmp: Path, raw: Path, dataset_id: int) -> dict:
 
 @pytest.mark.parametrize("which", ["brain_1mm", "petct_3mm"])
 def test_parity_end_to_end_on_real_images(tmp_path: Path, roots, shared_data: Path, which: str) -> None:
-    """Full-resolution real images: nnU-Net's own fingerprint + plan vs autotrans_plan_and_preprocess."""
+    """Full-resolution real images: autotrans_plan_and_preprocess writes everything (twice: no work the second
+    time), and its plan equals nnU-Net's own fingerprint + plan of the same images."""
     raw = roots["autotrans_raw"] / "Dataset021_Same"
     if which == "brain_1mm":
         build_brain_demo(shared_data, raw, spacing=None)  # MS 07/19 + both TCGA-LGG, T2->FLAIR, 1 mm, brain masks
     else:
         build_petct_demo(shared_data, raw, spacing=None, n_slabs=2)  # CT->PET, shared 3 mm grid
-    assert main_plan_and_preprocess(["-d", "21", "-np", "2", "--no_pp"]) == 0
-    ours = load_json(roots["autotrans_preprocessed"] / "Dataset021_Same" / "autotransPlans.json")
+    assert main_plan_and_preprocess(["-d", "21", "-np", "2"]) == 0
+    pre = roots["autotrans_preprocessed"] / "Dataset021_Same"
+    data = pre / "autotransPlans_3d_fullres"
+    n_cases = len(list((raw / "imagesTr").iterdir()))
+    assert len(list(data.glob("*.json"))) == n_cases and (pre / "splits_final.json").exists()
+    stamps = {p.name: p.stat().st_mtime_ns for p in data.iterdir()}
+    assert main_plan_and_preprocess(["-d", "21", "-np", "2"]) == 0  # a second run redoes nothing
+    assert {p.name: p.stat().st_mtime_ns for p in data.iterdir()} == stamps
+    ours = load_json(pre / "autotransPlans.json")
     ref = _nnunet_plan_dataset(tmp_path, raw, 21)
     if which == "brain_1mm":
         # skull-stripped MR: the brain mask equals nnU-Net's non-zero crop, so shapes agree exactly
