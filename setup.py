@@ -16,7 +16,7 @@ CONSOLE_SCRIPTS = [
     "autotrans_dicom2nifti=autotrans.cli.dicom2nifti:main",
     "autotrans_train=autotrans.cli.not_built:main_train",
     "autotrans_predict=autotrans.cli.not_built:main_predict",
-    "autotrans_evaluate=autotrans.cli.not_built:main_evaluate",
+    "autotrans_evaluate=autotrans.cli.evaluate:main",
     "autotrans_benchmark=autotrans.cli.not_built:main_benchmark",
     "autotrans_demo=autotrans.cli.not_built:main_demo",
     "autotrans_turing=autotrans.cli.turing:main",
@@ -51,9 +51,10 @@ setup(
         "tqdm>=4.60",
         "matplotlib>=3.6",
         "pydicom>=2.3",
+        "scikit-posthocs>=0.9",
     ],
     extras_require={
-        "test": ["pytest>=7", "nnunetv2>=2.5", "selenium>=4.10"],
+        "test": ["pytest>=7", "nnunetv2>=2.5", "selenium>=4.10", "torchmetrics>=1.0", "statsmodels>=0.13"],
     },
     entry_points={"console_scripts": CONSOLE_SCRIPTS},
     classifiers=[
