@@ -5,13 +5,16 @@ patch. The training loop and the predictor only talk to this interface, never to
 adding a generator is one module plus ``@register_family("name")``.
 
 Tensors are ``(N, C, D, H, W)`` in the plan's normalized space (roughly [-1, 1]); ``predict_patch``
-returns ``(N, 1, D, H, W)`` for the target.
+returns ``(N, 1, D, H, W)`` for the target. Training batches are dicts with ``source`` (N, C, D, H, W),
+``target`` (N, 1, D, H, W) and ``mask`` (N, 1, D, H, W, float 0/1; all ones without masks); for families
+with ``paired_batches = False`` source and target come from different cases.
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 from abc import ABC, abstractmethod
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 
@@ -54,12 +57,27 @@ class Family(ABC):
     #: whether the generator is stochastic (predict_patch then uses the ``generator`` argument)
     stochastic: bool = False
 
+    #: whether training batches pair source and target of the same case (CycleGAN: False)
+    paired_batches: bool = True
+
     def __init__(self, plans: Plans, configuration: Configuration, overrides: dict[str, Any] | None = None,
                  device: torch.device | str = "cpu") -> None:
         self.plans = plans
         self.configuration = configuration
         self.overrides = dict(overrides or {})
         self.device = torch.device(device)
+        # set by the training engine before configure_optimizers(); inference leaves the defaults
+        self.autocast_dtype: torch.dtype | None = None  # bf16 on CUDA (fp16 where bf16 is missing), None on CPU
+        self.scaler: torch.amp.GradScaler | None = None  # only with fp16
+        self.grad_clip: float | None = 12.0
+
+    # --- hyperparameters ----------------------------------------------------------------------
+    def hparam(self, key: str, default: Any) -> Any:
+        """A family hyperparameter: CLI/run override, else the plan's family section, else ``default``."""
+        if key in self.overrides:
+            return self.overrides[key]
+        section = self.configuration.data.get("families", {}).get(self.name, {})
+        return section.get(key, default)
 
     # --- building -----------------------------------------------------------------------------
     @abstractmethod
@@ -70,6 +88,59 @@ class Family(ABC):
         """Create optimizers and LR schedulers (training only; inference never calls this)."""
 
     # --- training -----------------------------------------------------------------------------
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Named optimizers (checkpointed by the engine)."""
+        return {}
+
+    def schedulers(self) -> dict[str, Any]:
+        """Named LR schedulers stepped once per epoch by ``on_epoch_end`` (checkpointed by the engine)."""
+        return {}
+
+    def on_epoch_end(self, epoch: int, num_epochs: int) -> None:
+        for sched in self.schedulers().values():
+            sched.step()
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Mixed precision for forward passes when the engine enabled it; a no-op otherwise."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    def optimize(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+                 parameters: Iterable[torch.nn.Parameter]) -> None:
+        """One optimizer step: zero grads, (scaled) backward, unscale, clip, step."""
+        optimizer.zero_grad(set_to_none=True)
+        params = list(parameters)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(optimizer)
+            if self.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            if self.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+            optimizer.step()
+
+    def train_state_dict(self) -> dict[str, Any]:
+        """Optimizer and scheduler states (the engine adds epoch, RNG, logs)."""
+        return {"optimizers": {k: o.state_dict() for k, o in self.optimizers().items()},
+                "schedulers": {k: s.state_dict() for k, s in self.schedulers().items()}}
+
+    def load_train_state_dict(self, state: dict[str, Any]) -> None:
+        for k, o in self.optimizers().items():
+            o.load_state_dict(state["optimizers"][k])
+        for k, sch in self.schedulers().items():
+            sch.load_state_dict(state["schedulers"][k])
+
+    def wrap_networks(self, wrap: Callable[[torch.nn.Module], torch.nn.Module]) -> None:
+        """Replace each trainable network by ``wrap(net)`` (DDP, torch.compile). Families store their networks
+        as attributes named like the keys of ``networks()``, so the default can set them back."""
+        for name, net in self.networks().items():
+            setattr(self, name, wrap(net))
+
     def train_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
         raise NotImplementedError(f"{self.name}: training is not implemented")
 
@@ -87,7 +158,8 @@ class Family(ABC):
         """The named networks whose weights a checkpoint stores (inference needs only these)."""
 
     def state_dict(self) -> dict[str, Any]:
-        return {name: net.state_dict() for name, net in self.networks().items()}
+        """Weights of every network, unwrapped from DDP / torch.compile so checkpoints load anywhere."""
+        return {name: _unwrap(net).state_dict() for name, net in self.networks().items()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         nets = self.networks()
@@ -95,9 +167,18 @@ class Family(ABC):
         if missing:
             raise ConfigurationError(f"{self.name}: checkpoint lacks network(s) {', '.join(missing)}")
         for name, net in nets.items():
-            net.load_state_dict(state[name])
+            _unwrap(net).load_state_dict(state[name])
 
     def eval(self) -> "Family":
         for net in self.networks().values():
             net.eval()
         return self
+
+
+def _unwrap(net: torch.nn.Module) -> torch.nn.Module:
+    """The plain module behind DDP (``.module``) and torch.compile (``._orig_mod``) wrappers."""
+    while True:
+        inner = getattr(net, "_orig_mod", None) or getattr(net, "module", None)
+        if not isinstance(inner, torch.nn.Module):
+            return net
+        net = inner
