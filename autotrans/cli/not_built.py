@@ -5,7 +5,6 @@ import sys
 
 _ISSUES = {
     "autotrans_train": "the training engine (issue 3: GAN family; issue 5: latent family)",
-    "autotrans_predict": "whole-volume inference (issue 4)",
     "autotrans_benchmark": "the benchmark grid (issue 6)",
     "autotrans_demo": "the end-to-end demo (issue 6); until then: autotrans_install_demo and autotrans_plan_and_preprocess",
 }
@@ -18,10 +17,6 @@ def _not_built(name: str) -> int:
 
 def main_train() -> int:
     return _not_built("autotrans_train")
-
-
-def main_predict() -> int:
-    return _not_built("autotrans_predict")
 
 
 def main_benchmark() -> int:

@@ -1,0 +1,77 @@
+"""``autotrans_predict``: whole-volume prediction of new cases with a trained model (nnU-Net's command shape)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import torch
+
+from autotrans.cli.common import run, setup_logging
+from autotrans.errors import ConfigurationError
+from autotrans.inference.folder import predict_folder
+from autotrans.inference.models import DEFAULT_CHECKPOINT, load_model, select_model
+from autotrans.inference.predictor import Predictor, PredictorSettings
+
+logger = logging.getLogger("autotrans.predict")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="autotrans_predict",
+        description="Predict the target modality for every case in -i ({CASE}_0000{ending}, ...); writes "
+                    "{CASE}{ending} to -o with the input's exact geometry, in physical units.")
+    p.add_argument("-i", required=True, metavar="IN", help="folder of input cases in the raw naming")
+    p.add_argument("-o", required=True, metavar="OUT", help="output folder (created if missing)")
+    p.add_argument("-d", default=None, metavar="DATASET", help="dataset id or name (needed when several models exist)")
+    p.add_argument("-c", default=None, metavar="CONFIG", help="configuration, e.g. 3d_fullres")
+    p.add_argument("-m", default=None, metavar="MODEL", help="model family, e.g. pix2pix")
+    p.add_argument("-p", default=None, metavar="PLANS", help="plans name (default: any)")
+    p.add_argument("-f", nargs="+", default=None, metavar="FOLD",
+                   help="folds to ensemble, e.g. 0 1 2 3 4, or 'all' (default: every trained fold)")
+    p.add_argument("-chk", default=DEFAULT_CHECKPOINT, metavar="CHECKPOINT",
+                   help=f"checkpoint file name (default {DEFAULT_CHECKPOINT})")
+    p.add_argument("-step_size", type=float, default=0.5, help="tile stride as a fraction of the patch (default 0.5)")
+    p.add_argument("--blend", choices=("gaussian", "mean"), default="gaussian", help="tile blending (default gaussian)")
+    p.add_argument("--disable_tta", action="store_true", help="no mirror test-time augmentation")
+    p.add_argument("--steps", type=int, default=None, metavar="N",
+                   help="sampler steps of stochastic models (default: the plan's)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed of stochastic models (default 0)")
+    p.add_argument("-device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--fp32", action="store_true", help="no bf16 autocast on CUDA")
+    p.add_argument("-batch_size", type=int, default=1, metavar="N", help="tiles per network call (default 1)")
+    p.add_argument("--continue_prediction", action="store_true", help="skip cases whose output already exists")
+    p.add_argument("-npp", type=int, default=2, metavar="N", help="preprocessing worker processes (default 2)")
+    p.add_argument("-nps", type=int, default=2, metavar="N", help="export worker processes (default 2)")
+    p.add_argument("--save_uncertainty", action="store_true",
+                   help="also write {CASE}_std: per-voxel std across folds in physical units")
+    p.add_argument("--verbose", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
+    a = p.parse_args(argv)
+    setup_logging(a.verbose)
+
+    def go() -> None:
+        if a.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigurationError("-device cuda: no CUDA device is available (use -device cpu)")
+        if a.steps is not None and a.steps < 1:
+            raise ConfigurationError(f"--steps {a.steps}: must be >= 1")
+        settings = PredictorSettings(step_size=a.step_size, blend=a.blend, tta=not a.disable_tta, seed=a.seed,
+                                     batch_size=a.batch_size, device=a.device, bf16=not a.fp32,
+                                     save_uncertainty=a.save_uncertainty)
+        spec = select_model(a.d, a.c, a.m, a.p)
+        if not any(x is not None for x in (a.d, a.c, a.m, a.p)):
+            logger.info("using the only trained model: %s/%s (%s)", spec.dataset, spec.folder.name, spec.flags())
+        overrides = {"sampling_steps": a.steps} if a.steps is not None else None
+        model = load_model(spec, a.f, a.chk, a.device, overrides)
+        done = predict_folder(Predictor(model, settings), a.i, a.o, a.continue_prediction, a.npp, a.nps)
+        logger.info("done: %d predicted, %d skipped", len(done["predicted"]), len(done["skipped"]))
+
+    return run(p.prog, go)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""The predictor: settings, per-fold sliding windows, fold ensembling and export in physical units.
+
+``Predictor`` only stores settings and the loaded folds; the work is done by ``sliding_window`` (tiles) and
+``export_prediction`` (the preprocessor's exact inverse), so training, preprocessing and inference share one
+definition of every transform.
+
+Ensembling: folds are averaged in the normalized space the networks predict in, then inverted once (nnU-Net
+averages probabilities before argmax for the same reason: the average of a nonlinear inverse is biased).
+The optional uncertainty is the per-voxel standard deviation across folds *after* inversion, i.e. in HU,
+SUV or the plan's MR scale, which is what a reader of the map needs.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from autotrans.errors import ConfigurationError
+from autotrans.inference.cases import intensity_warnings, preprocess_case
+from autotrans.inference.models import LoadedFold, LoadedModel
+from autotrans.inference.windows import BLEND_MODES, sliding_window
+from autotrans.io import Geometry, read_image
+from autotrans.planning.plans import Configuration, Plans
+from autotrans.preprocessing.preprocessor import export_prediction
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PredictorSettings:
+    """What a user can choose at prediction time (the CLI flags map onto these one to one)."""
+
+    step_size: float = 0.5
+    blend: str = "gaussian"
+    tta: bool = True  # mirror TTA, used only where the checkpoint says the model trained with mirroring
+    seed: int = 0
+    batch_size: int = 1
+    device: str = "cpu"
+    bf16: bool = True  # bf16 autocast on CUDA (accumulation stays fp32); ignored on the CPU
+    save_uncertainty: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 < self.step_size <= 1:
+            raise ConfigurationError(f"step_size {self.step_size}: must be in (0, 1]")
+        if self.blend not in BLEND_MODES:
+            raise ConfigurationError(f"blend {self.blend!r}: use one of {', '.join(BLEND_MODES)}")
+        if self.batch_size < 1:
+            raise ConfigurationError(f"batch size {self.batch_size}: must be >= 1")
+
+
+def case_generator(seed: int, case_id: str, fold: str, device: torch.device) -> torch.Generator:
+    """A generator seeded from (seed, case, fold): reproducible per case, whatever order cases run in."""
+    digest = hashlib.sha1(f"{seed}|{case_id}|{fold}".encode()).hexdigest()
+    g = torch.Generator(device=device)
+    g.manual_seed(int(digest[:15], 16))
+    return g
+
+
+def mirror_combinations(axes: Sequence[int]) -> list[tuple[int, ...]]:
+    """Every subset of the mirror axes (the empty one included): 2**len(axes) passes."""
+    return [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
+
+
+def make_patch_fn(fold: LoadedFold, tta: bool, bf16: bool, generator: torch.Generator | None
+                  ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The tile predictor of one fold: no autograd, optional bf16 autocast, mirror TTA where trained."""
+    family = fold.family
+    flips = mirror_combinations(fold.mirror_axes) if tta and fold.mirror_axes else [()]
+    autocast = bf16 and family.device.type == "cuda"
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), torch.autocast(family.device.type, dtype=torch.bfloat16, enabled=autocast):
+            total = None
+            for axes in flips:
+                dims = [a + 2 for a in axes]
+                xi = torch.flip(x, dims) if dims else x
+                y = family.predict_patch(xi, generator).float()
+                y = torch.flip(y, dims) if dims else y
+                total = y if total is None else total + y  # out of place: never write into a family's tensor
+            return total / len(flips) if len(flips) > 1 else total
+
+    return run
+
+
+class Predictor:
+    """Settings plus a loaded model; ``predict_*`` methods turn sources into physical-unit predictions."""
+
+    def __init__(self, model: LoadedModel, settings: PredictorSettings | None = None) -> None:
+        self.model = model
+        self.settings = settings or PredictorSettings()
+        self.device = torch.device(self.settings.device)
+
+    @property
+    def plans(self) -> Plans:
+        return self.model.plans
+
+    @property
+    def configuration(self) -> Configuration:
+        return self.model.configuration
+
+    @property
+    def invert(self) -> bool:
+        """MR targets have no absolute scale: they stay in the plan's normalized output scale."""
+        return not self.plans.target_normalization.per_case
+
+    def output_unit(self) -> str:
+        return str(self.plans.data["normalization"].get("target_output_scale", self.plans.target_normalization.unit))
+
+    def predict_folds(self, data: np.ndarray, case_id: str) -> list[np.ndarray]:
+        """One normalized ``(z, y, x)`` prediction per fold for a preprocessed ``(C, z, y, x)`` source."""
+        volume = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
+        if self.device.type != "cpu":
+            try:
+                volume = volume.to(self.device)
+            except torch.OutOfMemoryError:  # tiles then travel to the device one batch at a time
+                logger.warning("%s: source volume does not fit on %s; keeping it on the CPU", case_id, self.device)
+        s = self.settings
+        cfg = self.configuration
+        out = []
+        for fold in self.model.folds:
+            gen = case_generator(s.seed, case_id, fold.fold, fold.family.device) if fold.family.stochastic else None
+            pred = sliding_window(volume, make_patch_fn(fold, s.tta, s.bf16, gen), cfg.patch_size, s.step_size,
+                                  s.blend, s.batch_size, self._pad_value(), self.device, generator=gen)
+            out.append(pred[0].cpu().numpy())
+        return out
+
+    def _pad_value(self) -> float:
+        """Padding is in the *source* space: channel 0's normalized air (all schemes use -1 today)."""
+        return float(self.plans.source_normalization[0].air)
+
+    def predict_array(self, source: np.ndarray, geometry: Geometry, case_id: str = "case"
+                      ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Whole chain in memory: ``(C, z, y, x)`` source -> (prediction, std or None) in physical units."""
+        for w in intensity_warnings(case_id, source, self.plans, self.model.fingerprint):
+            logger.warning(w)
+        data, props = preprocess_case(source, geometry, self.plans, self.configuration.name)
+        preds = self.predict_folds(data, case_id)
+        return export_ensemble(preds, props, self.plans, self.configuration, self.invert,
+                               self.settings.save_uncertainty)
+
+    def predict_image(self, image: sitk.Image | str | os.PathLike | Sequence[sitk.Image | str | os.PathLike],
+                      case_id: str = "case") -> sitk.Image:
+        """Python API: SimpleITK image(s) or path(s), one per source channel, in; SimpleITK image out.
+
+        The output carries the first channel's geometry (for the std map use ``predict_array``).
+        """
+        items = list(image) if isinstance(image, (list, tuple)) else [image]
+        n = len(self.plans.source_modalities)
+        if len(items) != n:
+            raise ConfigurationError(f"the model takes {n} source channel(s), got {len(items)} image(s)")
+        arrays, geometries = zip(*(_as_array(i) for i in items))
+        for i, g in enumerate(geometries[1:], 1):
+            if (diff := geometries[0].mismatch(g)) is not None:
+                raise ConfigurationError(f"{case_id}: channel {i} geometry differs from channel 0: {diff}")
+        pred, _ = self.predict_array(np.stack(arrays), geometries[0], case_id)
+        return geometries[0].apply_to(sitk.GetImageFromArray(pred))
+
+
+def _as_array(item: sitk.Image | str | os.PathLike) -> tuple[np.ndarray, Geometry]:
+    """One channel as a float32 ``(z, y, x)`` array and its geometry; paths go through ``read_image``."""
+    if isinstance(item, (str, os.PathLike)):
+        arr, geometry = read_image(item)
+    else:
+        if item.GetDimension() != 3 or item.GetNumberOfComponentsPerPixel() != 1:
+            raise ConfigurationError(f"expected a 3D scalar image, got {item.GetDimension()}D with "
+                                     f"{item.GetNumberOfComponentsPerPixel()} component(s) per voxel")
+        arr, geometry = sitk.GetArrayFromImage(item).astype(np.float32), Geometry.from_sitk(item)
+    if not np.isfinite(arr).all():
+        raise ConfigurationError("input image contains NaN or Inf voxels")
+    return arr, geometry
+
+
+def export_ensemble(preds: list[np.ndarray], properties: dict[str, Any], plans: Plans, cfg: Configuration,
+                    invert: bool, with_std: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Mean over folds in normalized space, inverted once; std across the folds' inverted exports (Welford)."""
+    mean = np.mean(np.stack(preds), axis=0) if len(preds) > 1 else preds[0]
+    exported = export_prediction(mean, properties, plans, cfg, invert=invert)
+    if not with_std:
+        return exported, None
+    if len(preds) < 2:
+        logger.warning("%s: uncertainty needs at least two folds; the std map is all zeros",
+                       properties.get("case", "case"))
+        return exported, np.zeros_like(exported)
+    avg = np.zeros(exported.shape, dtype=np.float64)
+    m2 = np.zeros(exported.shape, dtype=np.float64)
+    for k, p in enumerate(preds, 1):
+        x = export_prediction(p, properties, plans, cfg, invert=invert).astype(np.float64)
+        delta = x - avg
+        avg += delta / k
+        m2 += delta * (x - avg)
+    return exported, np.sqrt(m2 / len(preds)).astype(np.float32)
+
+
+def output_paths(out_dir: Path, case_id: str, ending: str) -> tuple[Path, Path]:
+    """Prediction ``{CASE}{ending}`` and uncertainty ``{CASE}_std{ending}``."""
+    return out_dir / f"{case_id}{ending}", out_dir / f"{case_id}_std{ending}"
