@@ -19,8 +19,7 @@ from tqdm import tqdm
 from autotrans.errors import ConfigurationError, DatasetError
 from autotrans.inference.cases import InputCase, check_headers, discover_inputs, load_and_preprocess
 from autotrans.inference.predictor import Predictor, export_ensemble, output_paths
-from autotrans.inference.writer import write_prediction
-from autotrans.io import Geometry
+from autotrans.io import Geometry, write_image
 from autotrans.planning.plans import Plans
 from autotrans.utils.parallel import pool_context
 
@@ -51,8 +50,8 @@ def export_and_write(task: tuple[Any, ...]) -> tuple[str, str | None]:
         pred, std = export_ensemble(preds, props, plans, cfg, invert, with_std)
         geometry = Geometry.from_dict(props["geometry"])
         if std is not None:
-            write_prediction(std, geometry, std_path, reference)
-        write_prediction(pred, geometry, pred_path, reference)
+            write_image(std, geometry, std_path, reference=reference)
+        write_image(pred, geometry, pred_path, reference=reference)
     except (OSError, ValueError, RuntimeError) as e:
         return case_id, f"export failed: {e}"
     return case_id, None
