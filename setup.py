@@ -54,7 +54,8 @@ setup(
         "scikit-posthocs>=0.9",
     ],
     extras_require={
-        "test": ["pytest>=7", "nnunetv2>=2.5", "selenium>=4.10", "torchmetrics>=1.0", "statsmodels>=0.13"],
+        "test": ["pytest>=7", "nnunetv2>=2.5", "selenium>=4.10", "torchmetrics>=1.0", "statsmodels>=0.13",
+                 "monai>=1.3"],
     },
     entry_points={"console_scripts": CONSOLE_SCRIPTS},
     classifiers=[

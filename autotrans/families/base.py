@@ -7,7 +7,8 @@ adding a generator is one module plus ``@register_family("name")``.
 Tensors are ``(N, C, D, H, W)`` in the plan's normalized space (roughly [-1, 1]); ``predict_patch``
 returns ``(N, 1, D, H, W)`` for the target. Training batches are dicts with ``source`` (N, C, D, H, W),
 ``target`` (N, 1, D, H, W) and ``mask`` (N, 1, D, H, W, float 0/1; all ones without masks); for families
-with ``paired_batches = False`` source and target come from different cases.
+with ``paired_batches = False`` source and target come from different cases, ``mask`` is the source
+case's mask and ``target_mask`` the target case's.
 """
 from __future__ import annotations
 
@@ -86,6 +87,10 @@ class Family(ABC):
 
     def configure_optimizers(self) -> None:
         """Create optimizers and LR schedulers (training only; inference never calls this)."""
+
+    def resolved_hparams(self) -> dict[str, Any]:
+        """Every hyperparameter this run uses, resolved (written to the results folder by the engine)."""
+        return {}
 
     # --- training -----------------------------------------------------------------------------
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
