@@ -168,7 +168,7 @@ def plan_configuration(spacing: np.ndarray, median_shape: np.ndarray, n_voxels_d
     }
 
 
-def _resampling(spacing: list[float]) -> dict[str, Any]:
+def _resampling() -> dict[str, Any]:
     """Cubic for images and target, nearest for masks; a coarse axis (>3x) is resampled on its own, linearly."""
     return {
         "image": {"order": 3, "order_z": 1, "anisotropy_threshold": ANISO_THRESHOLD},
@@ -197,7 +197,7 @@ def plan_experiment(fingerprint: dict[str, Any], dj: DatasetJson, dataset_name: 
         configurations["3d_lowres"] = lowres
     configurations["3d_fullres"] = fullres
     for cfg in configurations.values():
-        cfg["resampling"] = _resampling(cfg["spacing"])
+        cfg["resampling"] = _resampling()
         n_vox_cfg = float(np.prod(cfg["median_image_size_in_voxels"], dtype=np.float64) * len(fingerprint["spacings"]))
         cfg["families"] = plan_families(cfg["patch_size"], dj.num_channels, options.output_channels,
                                         cfg["architecture"]["feature_map_voxels"],
