@@ -4,7 +4,6 @@ from __future__ import annotations
 import sys
 
 _ISSUES = {
-    "autotrans_train": "the training engine (issue 3: GAN family; issue 5: latent family)",
     "autotrans_benchmark": "the benchmark grid (issue 6)",
     "autotrans_demo": "the end-to-end demo (issue 6); until then: autotrans_install_demo and autotrans_plan_and_preprocess",
 }
@@ -13,10 +12,6 @@ _ISSUES = {
 def _not_built(name: str) -> int:
     print(f"{name}: not built yet: {_ISSUES[name]} has not landed in this version of autotrans", file=sys.stderr)
     return 2
-
-
-def main_train() -> int:
-    return _not_built("autotrans_train")
 
 
 def main_benchmark() -> int:

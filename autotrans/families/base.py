@@ -164,7 +164,7 @@ class Family(ABC):
 
     def state_dict(self) -> dict[str, Any]:
         """Weights of every network, unwrapped from DDP / torch.compile so checkpoints load anywhere."""
-        return {name: _unwrap(net).state_dict() for name, net in self.networks().items()}
+        return {name: unwrap(net).state_dict() for name, net in self.networks().items()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         nets = self.networks()
@@ -172,7 +172,7 @@ class Family(ABC):
         if missing:
             raise ConfigurationError(f"{self.name}: checkpoint lacks network(s) {', '.join(missing)}")
         for name, net in nets.items():
-            _unwrap(net).load_state_dict(state[name])
+            unwrap(net).load_state_dict(state[name])
 
     def eval(self) -> "Family":
         for net in self.networks().values():
@@ -180,7 +180,7 @@ class Family(ABC):
         return self
 
 
-def _unwrap(net: torch.nn.Module) -> torch.nn.Module:
+def unwrap(net: torch.nn.Module) -> torch.nn.Module:
     """The plain module behind DDP (``.module``) and torch.compile (``._orig_mod``) wrappers."""
     while True:
         inner = getattr(net, "_orig_mod", None) or getattr(net, "module", None)

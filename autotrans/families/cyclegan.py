@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from autotrans.families.base import Family, _unwrap, register_family
+from autotrans.families.base import Family, unwrap, register_family
 from autotrans.families.losses import (
     ImagePool,
     evaluating,
@@ -132,7 +132,7 @@ class CycleGANFamily(Family):
                 fake_a = self.g_ba(b)
                 rec_a = self.g_ba(fake_b)
                 rec_b = self.g_ab(fake_a)
-                adv = lsgan_loss(_unwrap(self.d_b)(fake_b), True) + lsgan_loss(_unwrap(self.d_a)(fake_a), True)
+                adv = lsgan_loss(unwrap(self.d_b)(fake_b), True) + lsgan_loss(unwrap(self.d_a)(fake_a), True)
                 idt = torch.zeros((), device=self.device)
                 if self.use_identity:
                     idt = masked_l1(self.g_ab(b), b, mask_b) + masked_l1(self.g_ba(a), a, mask_a)

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from autotrans.families.base import Family, _unwrap, register_family
+from autotrans.families.base import Family, unwrap, register_family
 from autotrans.families.losses import (
     LinearDecay,
     evaluating,
@@ -125,7 +125,7 @@ class Pix2PixFamily(Family):
         set_requires_grad([self.discriminator], False)
         try:
             with self.autocast():
-                g_fake = _unwrap(self.discriminator)(torch.cat([src, fake], dim=1))
+                g_fake = unwrap(self.discriminator)(torch.cat([src, fake], dim=1))
             loss_adv = lsgan_loss(g_fake, True)
             loss_l1 = masked_l1(fake, tgt, mask)
             loss_g = loss_adv + lambda_l1 * loss_l1

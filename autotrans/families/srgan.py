@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from autotrans.errors import ConfigurationError
-from autotrans.families.base import Family, _unwrap, register_family
+from autotrans.families.base import Family, unwrap, register_family
 from autotrans.families.losses import (
     bce_loss,
     evaluating,
@@ -164,7 +164,7 @@ class SRGANFamily(Family):
             d_out = self.discriminator(torch.cat([tgt, fake.detach().to(tgt.dtype)]))
         loss_d = self._adversarial(d_out[:n], d_out[n:], for_g=False)
         self.optimize(loss_d, self._optimizers["discriminator"], self.discriminator.parameters())
-        disc = _unwrap(self.discriminator)
+        disc = unwrap(self.discriminator)
         set_requires_grad([disc], False)
         try:
             with self.autocast():

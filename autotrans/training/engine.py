@@ -1,0 +1,216 @@
+"""The one training loop every family runs through (no trainer subclass per variant).
+
+The loop only talks to the ``Family`` interface: ``build``/``configure_optimizers`` create the networks,
+``train_step`` consumes a batch dict, ``predict_patch`` serves validation, ``on_epoch_end`` steps the LR
+schedules, ``train_state_dict`` and ``state_dict`` go into checkpoints. Everything family-independent —
+data, mixed precision, DDP/compile wrapping, validation in physical units, checkpoints, logs — lives here.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from autotrans.families.base import Family, get_family
+from autotrans.planning.planner import plans_hash
+from autotrans.results import save_checkpoint
+from autotrans.training import distributed as ddp
+from autotrans.training.checkpoints import BEST, FINAL, LATEST, load_pretrained, rng_state, set_rng_state
+from autotrans.training.data import FoldData, ValidationBatches, make_train_augmenter
+from autotrans.training.progress import EPOCH_TIME, VAL_MAE, VAL_MAE_EMA, VAL_PSNR, History, plot_progress, summarize_epoch
+from autotrans.training.settings import EMA_MOMENTUM, TrainSettings, mixed_precision
+from autotrans.training.validation import physical_patch_errors
+
+logger = logging.getLogger(__name__)
+
+BATCH_KEYS = ("source", "target", "mask", "target_mask")
+ENGINE_VERSION = 1
+
+
+class Trainer:
+    """One rank of one run: builds the family, resumes, trains, validates and checkpoints."""
+
+    def __init__(self, settings: TrainSettings, fold: FoldData, fold_dir: Path, device: torch.device,
+                 rank: int = 0, world: int = 1, resume: dict[str, Any] | None = None) -> None:
+        self.s, self.fold, self.fold_dir, self.device = settings, fold, fold_dir, device
+        self.rank, self.world = rank, world
+        self.is_main = rank == 0
+        self.history = History()
+        self.start_epoch = 0
+        self.ema: float | None = None
+        self.best_ema = math.inf
+        self.seed = int(settings.seed)
+        self.overrides = {**settings.overrides, "num_epochs": settings.num_epochs}
+        if resume is not None:
+            if resume["loader"]["seed"] != self.seed:
+                logger.info("continuing with the checkpoint's seed %d", resume["loader"]["seed"])
+            self.seed = int(resume["loader"]["seed"])
+            self.overrides = {**resume["overrides"], **settings.overrides, "num_epochs": settings.num_epochs}
+        torch.manual_seed(self.seed + rank)
+        np.random.seed((self.seed + rank) % 2 ** 32)
+        self.family = self._build_family(resume)
+        self.batch_size = ddp.rank_batch_size(settings.batch_size, rank, world)
+        self.mirror_axes = settings.augmentation.mirror_axes
+
+    # --- setup ---------------------------------------------------------------------------------
+    def _build_family(self, resume: dict[str, Any] | None) -> Family:
+        cfg = self.fold.configuration
+        family = get_family(self.s.model)(self.fold.plans, cfg, self.overrides, self.device)
+        family.autocast_dtype, needs_scaler = mixed_precision(self.device)
+        family.scaler = torch.amp.GradScaler("cuda") if needs_scaler else None
+        family.build()
+        if self.s.pretrained_weights and resume is None:
+            load_pretrained(self.s.pretrained_weights, family)
+        family.configure_optimizers()
+        if resume is not None:
+            family.load_state_dict(resume["networks"])
+            family.load_train_state_dict(resume["train_state"])
+            if family.scaler is not None and resume.get("scaler"):
+                family.scaler.load_state_dict(resume["scaler"])
+            self.start_epoch = int(resume["epoch"])
+            self.history = History(resume["history"])
+            self.ema, self.best_ema = resume["ema"], resume["best_ema"]
+            per_rank = resume.get("rng_per_rank") or [resume["rng"]]
+            set_rng_state(per_rank[self.rank] if self.rank < len(per_rank) else resume["rng"])
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        wrap = ddp.ddp_wrapper(self.device, self.world)
+        if wrap is not None:
+            family.wrap_networks(wrap)
+        if self.s.compile:
+            family.wrap_networks(torch.compile)
+        return family
+
+    def hparams(self) -> dict[str, Any]:
+        resolved = getattr(self.family, "resolved_hparams", None)
+        return dict(resolved()) if callable(resolved) else dict(self.overrides)
+
+    # --- checkpoints ---------------------------------------------------------------------------
+    def checkpoint_state(self, epochs_done: int) -> dict[str, Any]:
+        f = self.family
+        return {
+            "family": self.s.model, "configuration": self.s.configuration,
+            "plans_sha1": plans_hash(self.fold.plans.data), "overrides": dict(self.overrides),
+            "networks": f.state_dict(), "mirror_axes": list(self.mirror_axes),
+            "train_state": f.train_state_dict(), "scaler": f.scaler.state_dict() if f.scaler else None,
+            "epoch": epochs_done, "rng": rng_state(),
+            "loader": {"seed": self.seed, "next_batch": epochs_done * int(self.s.iterations)},
+            "history": self.history.to_dict(), "ema": self.ema, "best_ema": self.best_ema,
+            "init_args": {"settings": self.s.to_dict(), "world_size": self.world, "fold": self.fold.fold,
+                          "plans_name": self.s.plans_name, "dataset": self.fold.folders.name},
+            "engine_version": ENGINE_VERSION,
+        }
+
+    def save(self, name: str, epochs_done: int) -> None:
+        """Called on every rank (RNG states are gathered so each rank resumes its own stream); rank 0 writes."""
+        per_rank = ddp.gather_objects(rng_state(), self.world)
+        if self.is_main:
+            state = self.checkpoint_state(epochs_done)
+            state["rng_per_rank"] = per_rank
+            save_checkpoint(state, self.fold_dir / name)
+
+    # --- the loop ------------------------------------------------------------------------------
+    def fit(self) -> None:
+        s = self.s
+        if self.start_epoch >= s.num_epochs:
+            logger.info("already trained for %d epoch(s) (asked for %d): nothing to train", self.start_epoch, s.num_epochs)
+            return
+        stream = make_train_augmenter(self.fold, self.batch_size, self.seed, self.family.paired_batches,
+                                      self.start_epoch * int(s.iterations), int(s.num_workers), s.augmentation,
+                                      self.rank, self.world)
+        val = ValidationBatches(self.fold, self.batch_size, self.seed, int(s.val_iterations))
+        if not val.enabled:
+            logger.warning("no validation patches (no paired validation case or --val_iterations 0): "
+                           "checkpoint_best.pth is not written")
+        try:
+            for epoch in range(self.start_epoch, int(s.num_epochs)):
+                t0 = time.perf_counter()
+                values = self.train_epoch(stream, epoch)
+                values.update(self.validate(val))
+                values.update({f"lr/{k}": float(o.param_groups[0]["lr"]) for k, o in self.family.optimizers().items()})
+                values[EPOCH_TIME] = time.perf_counter() - t0
+                self.end_epoch(epoch, values)
+        finally:
+            if hasattr(stream, "_finish"):
+                stream._finish()
+        self.save(FINAL, int(s.num_epochs))
+        ddp.barrier(self.world)
+
+    def train_epoch(self, stream: Any, epoch: int) -> dict[str, float]:
+        for net in self.family.networks().values():
+            net.train()
+        sums: dict[str, float] = defaultdict(float)
+        iterations = int(self.s.iterations)
+        for it in tqdm(range(iterations), desc=f"epoch {epoch}", unit="it", disable=not self.is_main, leave=False):
+            batch = self.to_device(next(stream))
+            out = self.family.train_step(batch, epoch * iterations + it)
+            for k, v in out.items():
+                sums[k] += float(v)
+        self.family.on_epoch_end(epoch, int(self.s.num_epochs))
+        means = ddp.average({k: v / iterations for k, v in sums.items()}, self.world, self.device)
+        return {f"train/{k}": v for k, v in means.items()}
+
+    def to_device(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        pin = self.device.type == "cuda"
+        out = {}
+        for k in BATCH_KEYS:
+            if k in batch:
+                t = torch.from_numpy(np.ascontiguousarray(batch[k]))
+                out[k] = (t.pin_memory() if pin else t).to(self.device, non_blocking=pin)
+        return out
+
+    @torch.no_grad()
+    def validate(self, val: ValidationBatches) -> dict[str, float]:
+        """MAE/PSNR in physical units on the fixed validation patches (every rank, same weights, same result)."""
+        if not val.enabled:
+            return {}
+        self.family.eval()
+        norm = self.fold.plans.target_normalization
+        errors: list[tuple[float, float]] = []
+        extra: dict[str, list[float]] = defaultdict(list)
+        own_step = type(self.family).validation_step is not Family.validation_step
+        for raw in val:
+            batch = self.to_device(raw)
+            params = [val.cases[int(i)].properties.get("target_normalization_params") or {} for i in raw["case_index"]]
+            with self.family.autocast():
+                pred = self.family.predict_patch(batch["source"])
+            errors += physical_patch_errors(pred, batch["target"], batch["mask"], norm, params)
+            if own_step:
+                for k, v in self.family.validation_step(batch).items():
+                    extra[f"val/{k}"].append(float(v))
+        out = {k: float(np.mean(v)) for k, v in extra.items()}
+        if errors:
+            out[VAL_MAE] = float(np.mean([e[0] for e in errors]))
+            finite = [e[1] for e in errors if math.isfinite(e[1])]
+            out[VAL_PSNR] = float(np.mean(finite)) if finite else math.inf
+        return out
+
+    def end_epoch(self, epoch: int, values: dict[str, float]) -> None:
+        """EMA of the validation MAE, best/latest checkpoints, log line and progress.png."""
+        improved = False
+        if VAL_MAE in values:
+            mae = values[VAL_MAE]
+            self.ema = mae if self.ema is None else EMA_MOMENTUM * self.ema + (1 - EMA_MOMENTUM) * mae
+            values[VAL_MAE_EMA] = self.ema
+            improved = self.ema < self.best_ema
+            if improved:
+                self.best_ema = self.ema
+        self.history.record(epoch, values)
+        done = epoch + 1
+        if self.is_main:
+            logger.info(summarize_epoch(epoch, values))
+        if improved:  # the same decision on every rank: validation is identical there
+            if self.is_main:
+                logger.info("new best EMA validation MAE %.4g: writing %s", self.best_ema, BEST)
+            self.save(BEST, done)
+        if done % max(int(self.s.save_every), 1) == 0 and done < int(self.s.num_epochs):
+            self.save(LATEST, done)
+        if self.is_main:
+            plot_progress(self.history, self.fold_dir / "progress.png")

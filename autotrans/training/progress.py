@@ -1,0 +1,115 @@
+"""Per-epoch history, the training log file and progress.png.
+
+The history is a plain dict of lists (one entry per epoch) so it pickles into checkpoints and a resumed
+run continues the same curves. progress.png is drawn with matplotlib's Agg backend: training runs on
+headless servers, and a display backend would fail there.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from autotrans.utils.files import atomic_path  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+#: history keys the engine writes itself (the family's step outputs come as ``train/<name>``)
+VAL_MAE, VAL_MAE_EMA, VAL_PSNR, EPOCH_TIME = "val/mae", "val/mae_ema", "val/psnr", "epoch_time"
+
+
+class History:
+    """Epoch-wise values; ``record`` appends, ``to_dict``/``from_dict`` round-trip through checkpoints."""
+
+    def __init__(self, data: dict[str, list[float]] | None = None) -> None:
+        self.data: dict[str, list[float]] = defaultdict(list, {k: list(v) for k, v in (data or {}).items()})
+        self.epochs: list[int] = list(self.data.pop("_epoch", []))
+
+    def record(self, epoch: int, values: dict[str, float]) -> None:
+        """Keys missing this epoch get NaN so every series stays aligned with ``epochs``."""
+        self.epochs.append(epoch)
+        for key in set(self.data) | set(values):
+            series = self.data[key]
+            series.extend([math.nan] * (len(self.epochs) - 1 - len(series)))
+            series.append(float(values.get(key, math.nan)))
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {"_epoch": list(self.epochs), **{k: list(v) for k, v in self.data.items()}}
+
+    def last(self, key: str) -> float:
+        series = self.data.get(key, [])
+        return series[-1] if series else math.nan
+
+
+def new_log_path(fold_dir: Path) -> Path:
+    """``training_log_<time>.txt``: one per invocation, so a resumed run keeps the earlier logs."""
+    return fold_dir / time.strftime("training_log_%Y_%m_%d_%H_%M_%S.txt")
+
+
+def add_log_file(path: Path) -> logging.Handler:
+    """Send every log record of this process to ``path`` (appending; removed again by the caller)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"))
+    handler.setLevel(logging.INFO)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    if root.level > logging.INFO or root.level == logging.NOTSET:
+        root.setLevel(logging.INFO)
+    return handler
+
+
+def plot_progress(history: History, path: Path) -> None:
+    """Four panels: training losses (G/D and others), validation MAE/EMA/PSNR, learning rates, epoch time."""
+    if not history.epochs:
+        return
+    x = history.epochs
+    fig, axes = plt.subplots(4, 1, figsize=(10, 16))
+    ax = axes[0]
+    for key in sorted(k for k in history.data if k.startswith("train/")):
+        ax.plot(x, history.data[key], label=key[len("train/"):])
+    ax.set_ylabel("training loss")
+    _legend(ax, "upper right")
+    ax = axes[1]
+    for key, style in ((VAL_MAE, "-"), (VAL_MAE_EMA, "--")):
+        if key in history.data:
+            ax.plot(x, history.data[key], style, label=key)
+    ax.set_ylabel("validation MAE (physical units)")
+    _legend(ax, "upper left")
+    if VAL_PSNR in history.data:
+        twin = ax.twinx()
+        twin.plot(x, history.data[VAL_PSNR], ":", color="tab:green", label="val/psnr")
+        twin.set_ylabel("validation PSNR (dB)")
+        twin.legend(loc="upper right", fontsize="small")
+    ax = axes[2]
+    for key in sorted(k for k in history.data if k.startswith("lr/")):
+        ax.plot(x, history.data[key], label=key)
+    ax.set_ylabel("learning rate")
+    _legend(ax, "upper right")
+    ax = axes[3]
+    if EPOCH_TIME in history.data:
+        ax.plot(x, history.data[EPOCH_TIME])
+    ax.set_ylabel("epoch time (s)")
+    ax.set_xlabel("epoch")
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=80)
+    plt.close(fig)
+
+
+def _legend(ax: Any, loc: str) -> None:
+    if ax.get_legend_handles_labels()[0]:  # an empty panel (e.g. no validation) gets no legend
+        ax.legend(loc=loc, fontsize="small")
+
+
+def summarize_epoch(epoch: int, values: dict[str, Any]) -> str:
+    shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(values.items()) if isinstance(v, float) and not math.isnan(v))
+    return f"epoch {epoch}: {shown}"

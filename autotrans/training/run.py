@@ -1,0 +1,180 @@
+"""A training run end to end: checks, results folder, one or several processes, final validation.
+
+Order matters for the "bad input" contract: everything that can fail on user input (model name,
+configuration, data, fold, device, the checkpoint to continue from) is checked in ``prepare`` before a
+single file is written, so a rejected run leaves an existing results folder exactly as it was.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import autotrans.families  # noqa: F401  (registers the shipped families)
+from autotrans.errors import ConfigurationError
+from autotrans.families.base import get_family
+from autotrans.inference.models import ModelSpec
+from autotrans.paths import results_root
+from autotrans.results import load_checkpoint, model_folder_name
+from autotrans.training import distributed as ddp
+from autotrans.training.checkpoints import BEST, FINAL, RESUME_ORDER, find_resume_checkpoint
+from autotrans.training.data import FoldData, locate_fold_data
+from autotrans.training.engine import Trainer
+from autotrans.training.progress import add_log_file, new_log_path
+from autotrans.training.settings import TrainSettings, check_device, resolve
+from autotrans.training.validation import final_validation
+from autotrans.utils.files import save_json
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Prepared:
+    settings: TrainSettings  # resolved: no None left
+    fold: FoldData
+    model_dir: Path
+    fold_dir: Path
+    resume_from: Path | None
+    family_module: str  # imported by spawned ranks, so families registered outside autotrans work under DDP
+
+    @property
+    def spec(self) -> ModelSpec:
+        return ModelSpec(self.model_dir, self.fold.folders.name, self.settings.model, self.settings.plans_name,
+                         self.settings.configuration)
+
+
+def prepare(settings: TrainSettings) -> Prepared:
+    """Resolve and check the whole run; raises ``ConfigurationError`` (one line) and writes nothing."""
+    family_cls = get_family(settings.model)
+    check_device(settings.device, settings.num_gpus)
+    fold = locate_fold_data(settings.dataset, settings.configuration, settings.fold, settings.plans_name)
+    if family_cls.paired_batches and not fold.plans.data.get("paired", True):
+        raise ConfigurationError(f"model {settings.model!r} needs paired data, but {fold.folders.name} is unpaired "
+                                 "(use cyclegan)")
+    s = resolve(settings, fold.plans, fold.configuration)
+    model_dir = results_root() / fold.folders.name / model_folder_name(s.model, s.plans_name, s.configuration)
+    fold_dir = model_dir / f"fold_{s.fold}"
+    resume_from = None
+    if s.only_validation:
+        ckpt = fold_dir / (BEST if s.val_best else FINAL)
+        load_checkpoint(ckpt, fold.plans.data)  # corrupt/foreign/missing: one line, before anything is written
+    elif s.continue_training:
+        found = find_resume_checkpoint(fold_dir, fold.plans.data, s.model, s.configuration)
+        if found is None:
+            logger.warning("--c: no checkpoint in %s, starting from scratch", fold_dir)
+        else:
+            resume_from = found[0]
+            logger.info("continuing from %s (epoch %d)", found[0], found[1]["epoch"])
+    if s.pretrained_weights and not Path(s.pretrained_weights).is_file():
+        raise ConfigurationError(f"-pretrained_weights {s.pretrained_weights}: file not found")
+    return Prepared(s, fold, model_dir, fold_dir, resume_from, family_cls.__module__)
+
+
+def write_model_folder(p: Prepared) -> None:
+    """plans.json, dataset.json, dataset_fingerprint.json: what inference needs besides checkpoints."""
+    p.model_dir.mkdir(parents=True, exist_ok=True)
+    save_json(p.fold.plans.data, p.model_dir / "plans.json")
+    pre = p.fold.folders.preprocessed
+    for name in ("dataset.json", "dataset_fingerprint.json"):
+        if (pre / name).is_file():
+            shutil.copyfile(pre / name, p.model_dir / name)
+    p.fold_dir.mkdir(parents=True, exist_ok=True)
+    if p.resume_from is None:
+        # a fresh run must not leave an older run's checkpoints behind for a later --c to pick up by mistake;
+        # they are kept once as *.pth.previous rather than deleted (a forgotten --c should not cost a model)
+        for name in RESUME_ORDER:
+            old = p.fold_dir / name
+            if old.exists():
+                os.replace(old, old.with_name(name + ".previous"))
+                logger.warning("fresh start: the earlier %s was renamed to %s.previous", name, name)
+
+
+def write_debug(p: Prepared, trainer: Trainer, world: int) -> None:
+    f = trainer.family
+    save_json({
+        "settings": p.settings.to_dict(), "family": p.settings.model, "family_hparams": trainer.hparams(),
+        "overrides": trainer.overrides, "seed": trainer.seed, "world_size": world,
+        "batch_size_per_rank": trainer.batch_size, "global_batch_size": p.settings.batch_size,
+        "patch_size": p.fold.configuration.patch_size, "mirror_axes": list(trainer.mirror_axes),
+        "autocast_dtype": str(f.autocast_dtype), "grad_scaler": f.scaler is not None, "grad_clip": f.grad_clip,
+        "device": str(trainer.device), "data_dir": str(p.fold.data_dir), "plans_file": str(p.fold.plans_file),
+        "train_cases": p.fold.train_cases, "val_cases": p.fold.val_cases, "resumed_from": p.resume_from,
+        "start_epoch": trainer.start_epoch, "torch": torch.__version__, "python": platform.python_version(),
+        "hostname": platform.node(),
+    }, p.fold_dir / "debug.json")
+
+
+def train_process(rank: int, p: Prepared, world: int, port: int, log_path: Path | None = None) -> None:
+    """One rank (the only one without DDP). Rank 0 writes every file; spawned it also logs to ``log_path``."""
+    device = torch.device(p.settings.device)
+    if world > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", rank)
+        ddp.init_process_group(rank, world, port, device)
+    handler = add_log_file(log_path) if rank == 0 and log_path is not None else None
+    try:
+        resume = load_checkpoint(p.resume_from, p.fold.plans.data) if p.resume_from else None
+        trainer = Trainer(p.settings, p.fold, p.fold_dir, device, rank, world, resume)
+        del resume
+        if rank == 0:
+            logger.info("training %s fold %s on %s x%d: %d epochs x %d iterations, batch %d, patch %s", p.settings.model,
+                        p.settings.fold, device.type, world, p.settings.num_epochs, p.settings.iterations,
+                        p.settings.batch_size, p.fold.configuration.patch_size)
+            write_debug(p, trainer, world)
+        trainer.fit()
+    finally:
+        if handler is not None:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+        ddp.cleanup(world)
+
+
+def _spawned(rank: int, p: Prepared, world: int, port: int, log_path: Path) -> None:
+    import importlib
+
+    from autotrans.cli.common import setup_logging
+
+    importlib.import_module(p.family_module)
+    setup_logging()
+    if rank != 0:
+        logging.getLogger().setLevel(logging.WARNING)
+    train_process(rank, p, world, port, log_path)
+
+
+def run_training(settings: TrainSettings) -> dict[str, Any] | None:
+    """Train (unless ``only_validation``), then validate the fold's cases whole; returns the summary."""
+    p = prepare(settings)
+    s = p.settings
+    if not s.only_validation:
+        write_model_folder(p)
+    log_path = new_log_path(p.fold_dir)
+    handler = add_log_file(log_path)
+    try:
+        if not s.only_validation:
+            world = int(s.num_gpus)
+            if world > 1:
+                import torch.multiprocessing as mp
+
+                logging.getLogger().removeHandler(handler)  # the spawned rank 0 writes the log meanwhile
+                # a fork server started clean (no live OpenMP/CUDA state to inherit) with the heavy imports done
+                # once: later runs start their ranks in milliseconds; "spawn" where there is no fork
+                method = "forkserver" if sys.platform.startswith("linux") else "spawn"
+                if method == "forkserver":
+                    mp.set_forkserver_preload(["torch", "autotrans.training.run", p.family_module])
+                mp.start_processes(_spawned, args=(p, world, ddp.free_port(), log_path), nprocs=world, join=True,
+                                   start_method=method)
+                logging.getLogger().addHandler(handler)
+            else:
+                train_process(0, p, 1, 0)
+        return final_validation(p.spec, s.fold, BEST if s.val_best else FINAL, p.fold.data_dir, p.fold.folders.raw,
+                                p.fold.val_cases, torch.device(s.device), tta=s.val_tta)
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()

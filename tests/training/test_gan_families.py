@@ -1,0 +1,52 @@
+"""The registered GAN families (pix2pix, cyclegan, srgan) through the engine, via the command line.
+
+Networks are shrunk with the family tests' ``shrink_plans`` (same building code, a few features) so a
+2-epoch run takes seconds; what is checked is the engine's contract, not image quality.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import autotrans.families
+from autotrans.cli.train import main
+from autotrans.planning.plans import Plans
+from autotrans.utils.files import save_json
+from tests.training.helpers import fold_dir, load
+
+GAN_FAMILIES = ("pix2pix", "cyclegan", "srgan")
+
+
+def shrink(pre: Path) -> None:
+    from tests.families.helpers import shrink_plans
+
+    path = pre / "autotransPlans.json"
+    save_json(shrink_plans(Plans.load(path), patch=(16, 16, 16), features=(4, 8)).data, path)
+
+
+@pytest.mark.parametrize("model", GAN_FAMILIES)
+def test_gan_family_trains_and_validates(model: str, tiny_brain: Path, roots: dict[str, Path]) -> None:
+    if model not in autotrans.families.available_families():
+        pytest.skip(f"family {model} is not registered in this checkout")
+    shrink(tiny_brain)
+    argv = ["11", "3d_fullres", model, "0", "--epochs", "2", "--iterations", "2", "--val_iterations", "1",
+            "-device", "cpu", "-num_workers", "0", "--seed", "0", "--disable_val_tta"]
+    assert main(argv) == 0
+    fd = fold_dir(roots["autotrans_results"], model=model)
+    for name in ("checkpoint_final.pth", "checkpoint_best.pth", "progress.png", "debug.json"):
+        assert (fd / name).is_file(), name
+    ckpt = load(fd / "checkpoint_final.pth")
+    assert ckpt["family"] == model and ckpt["overrides"]["num_epochs"] == 2
+    assert len(ckpt["train_state"]["optimizers"]) >= 2  # generator(s) and discriminator(s)
+    losses = [k for k in ckpt["history"] if k.startswith("train/")]
+    assert losses and all(np.isfinite(ckpt["history"][k]).all() for k in losses)
+    debug = json.loads((fd / "debug.json").read_text())
+    assert debug["family_hparams"]  # the family's resolved_hparams()
+    summary = json.loads((fd / "validation" / "summary.json").read_text())
+    assert summary["cases"] and all(np.isfinite(summary["mean"][k]) for k in ("mae", "psnr", "ssim"))
+    # resume one more epoch from the final checkpoint
+    assert main(argv[:5] + ["3"] + argv[6:] + ["--c"]) == 0
+    assert load(fd / "checkpoint_final.pth")["epoch"] == 3
