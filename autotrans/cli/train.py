@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save_every", type=int, default=50, help="write checkpoint_latest.pth every N epochs (50)")
     p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
                    help="family hyperparameter override, repeatable (e.g. -o lambda_l1=50)")
+    p.add_argument("-perceptual_weights", "--perceptual_weights", default=None, metavar="PATH",
+                   help="SRGAN: user-supplied 3D feature network for the perceptual loss (TorchScript or .pt2); "
+                   "default: discriminator features (same as -o perceptual_weights=PATH)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -70,7 +73,8 @@ def _main(args: argparse.Namespace) -> int:
         pretrained_weights=args.pretrained_weights, continue_training=args.continue_training,
         only_validation=args.only_validation, val_best=args.val_best, val_tta=not args.disable_val_tta,
         seed=args.seed, num_workers=args.num_workers, save_every=args.save_every,
-        overrides=parse_overrides(args.override),
+        overrides={**parse_overrides(args.override),
+                   **({"perceptual_weights": args.perceptual_weights} if args.perceptual_weights else {})},
         augmentation=AugmentationSettings(mirror=not args.no_mirroring))
     run_training(settings)
     return 0

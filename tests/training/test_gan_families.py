@@ -50,3 +50,25 @@ def test_gan_family_trains_and_validates(model: str, tiny_brain: Path, roots: di
     # resume one more epoch from the final checkpoint
     assert main(argv[:5] + ["3"] + argv[6:] + ["--c"]) == 0
     assert load(fd / "checkpoint_final.pth")["epoch"] == 3
+
+
+@pytest.mark.parametrize("model", GAN_FAMILIES)
+def test_gan_family_ct_to_pet(model: str, petct_demo: Path, roots: dict[str, Path]) -> None:
+    """The issue's command on the real CT -> PET demo: checkpoints, log, progress.png, summary in SUV."""
+    from autotrans.cli.plan_and_preprocess import main_plan_and_preprocess
+    from tests.training.conftest import TINY_PLAN
+
+    if model not in autotrans.families.available_families():
+        pytest.skip(f"family {model} is not registered in this checkout")
+    assert main_plan_and_preprocess(["-d", "12", *TINY_PLAN]) == 0
+    shrink(roots["autotrans_preprocessed"] / "Dataset012_DemoCTtoPET")
+    argv = ["12", "3d_fullres", model, "0", "--epochs", "2", "--iterations", "5", "-device", "cpu",
+            "-num_workers", "0", "--seed", "0", "--save_every", "1"]
+    assert main(argv) == 0
+    fd = roots["autotrans_results"] / "Dataset012_DemoCTtoPET" / f"{model}__autotransPlans__3d_fullres" / "fold_0"
+    for name in ("checkpoint_final.pth", "checkpoint_latest.pth", "progress.png", "debug.json"):
+        assert (fd / name).is_file(), name
+    assert list(fd.glob("training_log_*.txt"))
+    summary = json.loads((fd / "validation" / "summary.json").read_text())
+    assert summary["unit"] == "SUV" and summary["cases"]
+    assert all(0 <= c["metrics"]["mae"] < 100 for c in summary["cases"].values())
