@@ -26,6 +26,7 @@ from scipy.ndimage import binary_fill_holes, label
 from autotrans.dataset.format import ChannelInfo, DatasetJson, load_dataset_json, save_dataset_json
 from autotrans.errors import ConfigurationError
 from autotrans.paths import dataset_folder_name, parse_dataset_folder_name, raw_root
+from autotrans.preprocessing.cropping import bbox_of
 
 logger = logging.getLogger(__name__)
 
@@ -71,12 +72,7 @@ def _crop_to(img: sitk.Image, box: list[tuple[int, int]]) -> sitk.Image:
 
 
 def _bbox(mask: np.ndarray, margin: int) -> list[tuple[int, int]]:
-    out = []
-    for ax in range(3):
-        other = tuple(a for a in range(3) if a != ax)
-        nz = np.flatnonzero(mask.any(axis=other))
-        out.append((max(0, int(nz[0]) - margin), min(mask.shape[ax], int(nz[-1]) + 1 + margin)))
-    return out
+    return [(max(0, a - margin), min(size, b + margin)) for (a, b), size in zip(bbox_of(mask), mask.shape)]
 
 
 def _write(img: sitk.Image, path: Path) -> None:
@@ -110,7 +106,6 @@ def build_brain_demo(shared: Path, out: Path, spacing: float | None = BRAIN_SPAC
         t2_arr = sitk.GetArrayFromImage(t2)
         brain = _largest_component(binary_fill_holes(np.abs(t2_arr) > 1e-3 * np.abs(t2_arr).max()))
         box = _bbox(brain, margin=2)
-        crop = [slice(a, b) for a, b in box]
         mask_img = sitk.GetImageFromArray(brain.astype(np.uint8))
         mask_img.CopyInformation(t2)
         _write(_as_int16(_crop_to(t2, box), scale), out / "imagesTr" / f"{case}_0000.nii.gz")
@@ -123,7 +118,6 @@ def build_brain_demo(shared: Path, out: Path, spacing: float | None = BRAIN_SPAC
             les_img.CopyInformation(t2)
             _write(_crop_to(les_img, box), out / "lesionsTr" / f"{case}.nii.gz")
         logger.info("demo %s: %s voxels", case, [b - a for a, b in box][::-1])
-        del crop
     save_dataset_json(DatasetJson(
         name="DemoT2toFLAIR", source_channels=(ChannelInfo("T2", "MR"),), target=ChannelInfo("FLAIR", "MR"),
         paired=True, file_ending=".nii.gz", num_training=len(cases),
