@@ -108,9 +108,15 @@ class CycleGANFamily(Family):
     def schedulers(self) -> dict[str, Any]:
         return self._schedulers
 
+    def train_state_dict(self) -> dict[str, Any]:
+        return {**super().train_state_dict(), "pools": [self.pool_a.state_dict(), self.pool_b.state_dict()]}
+
     def load_train_state_dict(self, state: dict[str, Any]) -> None:
         super().load_train_state_dict(state)
         sync_scheduled_lrs(self._schedulers)
+        if "pools" in state:
+            self.pool_a.load_state_dict(state["pools"][0], self.device)
+            self.pool_b.load_state_dict(state["pools"][1], self.device)
 
     def _inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         def dev(key: str) -> torch.Tensor | None:

@@ -6,6 +6,7 @@ Every function works on ``(N, C, D, H, W)`` tensors in the plan's normalized spa
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -13,6 +14,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+logger = logging.getLogger(__name__)
 
 
 def masked_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -90,6 +93,19 @@ class ImagePool:
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def state_dict(self, max_bytes: int = 256 * 1024 ** 2) -> dict[str, Any]:
+        """Stored images and RNG state, so a resumed run continues exactly; images are left out (and the pool
+        refills within ``size`` steps) when they would make a checkpoint larger than ``max_bytes``."""
+        nbytes = sum(im.numel() * im.element_size() for im in self.images)
+        keep = nbytes <= max_bytes
+        if not keep:
+            logger.warning("image pool (%.0f MiB) not checkpointed; a resumed run refills it", nbytes / 2 ** 20)
+        return {"images": [im.cpu() for im in self.images] if keep else [], "rng": self.rng.getstate()}
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device | str = "cpu") -> None:
+        self.images = [im.to(device) for im in state["images"]]
+        self.rng.setstate(state["rng"])
 
     def query(self, images: torch.Tensor) -> torch.Tensor:
         """Images (detached) to show the discriminator, one per input image."""

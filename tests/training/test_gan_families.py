@@ -72,3 +72,25 @@ def test_gan_family_ct_to_pet(model: str, petct_demo: Path, roots: dict[str, Pat
     summary = json.loads((fd / "validation" / "summary.json").read_text())
     assert summary["unit"] == "SUV" and summary["cases"]
     assert all(0 <= c["metrics"]["mae"] < 100 for c in summary["cases"].values())
+
+
+@pytest.mark.parametrize("model", GAN_FAMILIES)
+def test_gan_family_resume_is_exact(model: str, tiny_brain: Path, roots: dict[str, Path],
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """4 epochs in one run == 2 epochs + --c 2 more, bit for bit (CycleGAN's image pools included)."""
+    from tests.training.helpers import tensors_equal
+
+    if model not in autotrans.families.available_families():
+        pytest.skip(f"family {model} is not registered in this checkout")
+    shrink(tiny_brain)
+    argv = ["11", "3d_fullres", model, "0", "--iterations", "2", "--val_iterations", "1", "-device", "cpu",
+            "-num_workers", "0", "--seed", "3", "--disable_val_tta"]
+    assert main(argv + ["--epochs", "4"]) == 0
+    one = load(fold_dir(roots["autotrans_results"], model=model) / "checkpoint_final.pth")
+    monkeypatch.setenv("autotrans_results", str(roots["autotrans_results"].parent / "resumed"))
+    assert main(argv + ["--epochs", "2"]) == 0
+    assert main(argv + ["--epochs", "4", "--c"]) == 0
+    two = load(fold_dir(roots["autotrans_results"].parent / "resumed", model=model) / "checkpoint_final.pth")
+    assert one["epoch"] == two["epoch"] == 4
+    assert tensors_equal(one["networks"], two["networks"])
+    assert tensors_equal(one["train_state"], two["train_state"])
