@@ -61,6 +61,13 @@ class Family(ABC):
     #: whether training batches pair source and target of the same case (CycleGAN: False)
     paired_batches: bool = True
 
+    #: whether the family maps source to target (the autoencoder only reconstructs: no whole-volume validation
+    #: or prediction)
+    translates: bool = True
+
+    #: whether the family needs the fold's trained ``autoencoder`` first (the latent models)
+    requires_autoencoder: bool = False
+
     def __init__(self, plans: Plans, configuration: Configuration, overrides: dict[str, Any] | None = None,
                  device: torch.device | str = "cpu") -> None:
         self.plans = plans
@@ -81,9 +88,19 @@ class Family(ABC):
         return section.get(key, default)
 
     # --- building -----------------------------------------------------------------------------
+    @classmethod
+    def planned_batch_size(cls, configuration: Configuration) -> int | None:
+        """The batch size the plan sized for this family (None: the configuration's U-Net batch size)."""
+        bs = configuration.data.get("families", {}).get(cls.name, {}).get("batch_size")
+        return int(bs) if bs else None
+
     @abstractmethod
     def build(self) -> None:
         """Create the networks from the plan (``self.configuration.family(...)``) on ``self.device``."""
+
+    def load_dependencies(self) -> None:
+        """Load trained networks this family builds on (fresh training runs only; resumed runs and inference get
+        them from the checkpoint)."""
 
     def configure_optimizers(self) -> None:
         """Create optimizers and LR schedulers (training only; inference never calls this)."""
@@ -151,6 +168,11 @@ class Family(ABC):
 
     def validation_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         raise NotImplementedError(f"{self.name}: validation is not implemented")
+
+    def validation_prediction(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """What the engine compares with ``batch["target"]`` in physical units each epoch (default: the
+        translation of the source patch)."""
+        return self.predict_patch(batch["source"])
 
     # --- inference ----------------------------------------------------------------------------
     @abstractmethod

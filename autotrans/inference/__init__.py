@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from autotrans.inference.folder import predict_folder
+from autotrans.inference.latent import predict_latent_volume
 from autotrans.inference.models import DEFAULT_CHECKPOINT, find_models, load_model, select_model
 from autotrans.inference.predictor import Predictor, PredictorSettings
 from autotrans.inference.windows import importance_map, sliding_window, tile_slices
@@ -27,4 +28,4 @@ def load_predictor(dataset: str | None = None, configuration: str | None = None,
 
 
 __all__ = ["Predictor", "PredictorSettings", "find_models", "importance_map", "load_model", "load_predictor",
-           "predict_folder", "select_model", "sliding_window", "tile_slices"]
+           "predict_folder", "predict_latent_volume", "select_model", "sliding_window", "tile_slices"]

@@ -3,6 +3,11 @@
 Reading + resampling a case and resampling + compressing its prediction take about as long as the sliding
 window on a GPU, so both run in worker processes (nnU-Net's layout) while the main process only predicts.
 Workers never touch torch, which makes ``fork`` safe even after the model is loaded.
+
+``timings.json`` in the output folder records, per case and fold, the seconds the network part took
+(``predict_s``; latent families add ``encode_s``, ``sample_s``, ``decode_s``, ``steps``, ``tiles``), plus the
+top-level ``device`` and ``model``. It is rewritten atomically after every case and merged with an existing
+file, so ``--continue_prediction`` keeps the timings of cases predicted earlier.
 """
 from __future__ import annotations
 
@@ -21,9 +26,13 @@ from autotrans.inference.cases import InputCase, check_headers, discover_inputs,
 from autotrans.inference.predictor import Predictor, export_ensemble, output_paths
 from autotrans.io import Geometry, write_image
 from autotrans.planning.plans import Plans
+from autotrans.utils.files import load_json, save_json
 from autotrans.utils.parallel import pool_context
 
 logger = logging.getLogger(__name__)
+
+TIMINGS_FILE = "timings.json"
+_TIMINGS_META = ("device", "model")
 
 
 def check_output_folder(out_dir: Path) -> None:
@@ -84,6 +93,7 @@ def predict_folder(predictor: Predictor, in_dir: str | os.PathLike, out_dir: str
     logger.info("predicting %d case(s) into %s (target unit: %s)", len(todo), out_dir, predictor.output_unit())
     failures: list[tuple[str, str]] = []
     tasks = [(c, plans, cfg.name, predictor.model.fingerprint) for c in todo]
+    timings = _load_timings(out_dir / TIMINGS_FILE) if todo else {}
     with ExitStack() as stack:
         pre_pool = _pool(stack, num_processes_preprocessing, len(todo))
         exp_pool = _pool(stack, num_processes_export, len(todo))
@@ -96,6 +106,7 @@ def predict_folder(predictor: Predictor, in_dir: str | os.PathLike, out_dir: str
             for w in item["warnings"]:
                 logger.warning(w)
             preds = predictor.predict_folds(item["data"], case.case_id)
+            _save_timings(out_dir / TIMINGS_FILE, timings, predictor, case.case_id)
             task = (case.case_id, preds, item["properties"], plans, cfg, predictor.invert, with_std,
                     *output_paths(out_dir, case.case_id, case.ending), case.files[0])
             if exp_pool is None:
@@ -107,6 +118,37 @@ def predict_folder(predictor: Predictor, in_dir: str | os.PathLike, out_dir: str
     if failures:
         raise DatasetError(failures, header=f"{len(failures)} of {len(todo)} case(s) failed (the others were written)")
     return {"predicted": [c.case_id for c in todo], "skipped": skipped}
+
+
+def _load_timings(path: Path) -> dict[str, Any]:
+    """An earlier run's ``timings.json`` (kept and extended), or an empty dict when absent or unreadable."""
+    if not path.is_file():
+        return {}
+    try:
+        data = load_json(path)
+    except (OSError, ValueError) as e:
+        logger.warning("%s is unreadable (%s); starting a new one", path, e)
+        return {}
+    if not isinstance(data, dict):
+        logger.warning("%s does not hold a JSON object; starting a new one", path)
+        return {}
+    return data
+
+
+def _save_timings(path: Path, timings: dict[str, Any], predictor: Predictor, case_id: str) -> None:
+    """Add one case's per-fold timings and rewrite the file atomically (a crash never leaves half a file)."""
+    if case_id in _TIMINGS_META:
+        logger.warning("case %r clashes with a top-level key of %s; its timings are not recorded", case_id, path.name)
+        return
+    spec = predictor.model.spec
+    timings["device"] = predictor.describe_device()
+    timings["model"] = f"{spec.dataset}/{spec.folder.name}"
+    timings[case_id] = {fold: {k: round(v, 6) if isinstance(v, float) else v for k, v in t.items()}
+                        for fold, t in predictor.timings.get(case_id, {}).items()}
+    try:
+        save_json(timings, path)
+    except OSError as e:  # timings are a report: never fail a prediction run over them
+        logger.warning("could not write %s: %s", path, e)
 
 
 def _pool(stack: ExitStack, processes: int, n_cases: int) -> Pool | None:

@@ -143,6 +143,9 @@ def load_fold(spec: ModelSpec, plans: Plans, fold: str, checkpoint: str, device:
         raise ConfigurationError(f"{path}: trained for configuration {ckpt['configuration']!r}, "
                                  f"but the folder is for {spec.configuration!r}")
     cls = get_family(ckpt["family"])
+    if not cls.translates:
+        raise ConfigurationError(f"{spec.folder.name}: {ckpt['family']} does not translate (it reconstructs); predict "
+                                 "with a model trained on it")
     overrides = {**(ckpt.get("overrides") or {}), **(extra_overrides or {})}
     family = cls(plans, plans.configuration(spec.configuration), overrides, device)
     family.build()

@@ -8,6 +8,10 @@ Ensembling: folds are averaged in the normalized space the networks predict in, 
 averages probabilities before argmax for the same reason: the average of a nonlinear inverse is biased).
 The optional uncertainty is the per-voxel standard deviation across folds *after* inversion, i.e. in HU,
 SUV or the plan's MR scale, which is what a reader of the map needs.
+
+Latent families (``family.latent``) go through ``predict_latent_volume`` (encode, latent sampling window with
+one noise draw per case, decode; no mirror TTA), every other family through ``sliding_window``. Each case's
+per-fold timings are kept in ``Predictor.timings`` (``predict_folder`` writes them to ``timings.json``).
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ import torch
 
 from autotrans.errors import ConfigurationError
 from autotrans.inference.cases import intensity_warnings, preprocess_case
+from autotrans.inference.latent import clock, is_latent, predict_latent_volume
 from autotrans.inference.models import LoadedFold, LoadedModel
 from autotrans.inference.windows import BLEND_MODES, sliding_window
 from autotrans.io import Geometry, read_image
@@ -97,6 +102,9 @@ class Predictor:
         self.model = model
         self.settings = settings or PredictorSettings()
         self.device = torch.device(self.settings.device)
+        #: case id -> fold -> timings of the last ``predict_folds`` of that case (seconds; see ``predict_folds``)
+        self.timings: dict[str, dict[str, dict[str, Any]]] = {}
+        self._tta_note_logged = False
 
     @property
     def plans(self) -> Plans:
@@ -115,7 +123,11 @@ class Predictor:
         return str(self.plans.data["normalization"].get("target_output_scale", self.plans.target_normalization.unit))
 
     def predict_folds(self, data: np.ndarray, case_id: str) -> list[np.ndarray]:
-        """One normalized ``(z, y, x)`` prediction per fold for a preprocessed ``(C, z, y, x)`` source."""
+        """One normalized ``(z, y, x)`` prediction per fold for a preprocessed ``(C, z, y, x)`` source.
+
+        Also sets ``self.timings[case_id]`` to ``{fold: timings}``: ``{"predict_s"}`` for sliding-window
+        families, plus ``encode_s``, ``sample_s``, ``decode_s``, ``steps`` and ``tiles`` for latent ones.
+        """
         volume = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
         if self.device.type != "cpu":
             try:
@@ -125,12 +137,36 @@ class Predictor:
         s = self.settings
         cfg = self.configuration
         out = []
+        case_timings: dict[str, dict[str, Any]] = {}
         for fold in self.model.folds:
             gen = case_generator(s.seed, case_id, fold.fold, fold.family.device) if fold.family.stochastic else None
-            pred = sliding_window(volume, make_patch_fn(fold, s.tta, s.bf16, gen), cfg.patch_size, s.step_size,
-                                  s.blend, s.batch_size, self._pad_value(), self.device, generator=gen)
+            start = clock(self.device)
+            if is_latent(fold.family):
+                self._note_no_tta(fold)
+                pred, timing = predict_latent_volume(volume, fold.family, s.step_size, s.blend, s.batch_size,
+                                                     self._pad_value(), self.device, gen, s.bf16)
+            else:
+                pred = sliding_window(volume, make_patch_fn(fold, s.tta, s.bf16, gen), cfg.patch_size, s.step_size,
+                                      s.blend, s.batch_size, self._pad_value(), self.device, generator=gen)
+                timing = {}
             out.append(pred[0].cpu().numpy())
+            timing["predict_s"] = clock(self.device) - start
+            case_timings[fold.fold] = timing
+        self.timings[case_id] = case_timings
         return out
+
+    def describe_device(self) -> str:
+        """The compute device for reports, with the GPU's name where there is one (``cuda:0 (NVIDIA H100 ...)``)."""
+        if self.device.type == "cuda" and torch.cuda.is_available():
+            index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+            return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+        return str(self.device)
+
+    def _note_no_tta(self, fold: LoadedFold) -> None:
+        if self.settings.tta and fold.mirror_axes and not self._tta_note_logged:
+            logger.debug("latent family %s: mirror TTA is not applied (it would multiply the sampling cost by up "
+                         "to %d)", fold.family.name, 2 ** len(fold.mirror_axes))
+            self._tta_note_logged = True
 
     def _pad_value(self) -> float:
         """Padding is in the *source* space: channel 0's normalized air (all schemes use -1 today)."""

@@ -15,6 +15,11 @@ are blended. Design choices (and why):
   [-1, 1] space) and the padding is cut off again.
 - Accumulators live on the compute device; on CUDA out-of-memory they move to the CPU and the failed batch is
   redone (with the random generator rewound, so stochastic predictions stay reproducible).
+- ``scale`` (latent models): the output tile is the input tile times ``scale`` per axis (``1/f`` for an encoder
+  that downsamples by ``f``, ``f`` for a decoder), and so is the output volume. Tile starts then lie on the
+  grid where both the input and the output offsets are whole voxels (multiples of ``f`` for an encoder), the
+  importance map is built at the *output* tile size, and a patch or volume whose scaled size is not whole is a
+  ``ValueError``. ``scale=1`` is exactly the unscaled code path (bit-identical results).
 """
 from __future__ import annotations
 
@@ -22,7 +27,8 @@ import functools
 import itertools
 import logging
 import math
-from typing import Callable, Sequence
+from fractions import Fraction
+from typing import Callable, Sequence, Union
 
 import torch
 
@@ -33,6 +39,8 @@ IMPORTANCE_FLOOR = 1e-3
 BLEND_MODES = ("gaussian", "mean")
 
 PatchFn = Callable[[torch.Tensor], torch.Tensor]
+Scale = Union[int, float, Fraction, Sequence[Union[int, float, Fraction]]]
+Tile = tuple[slice, ...]
 
 
 def compute_starts(size: int, patch: int, step_size: float) -> list[int]:
@@ -77,22 +85,74 @@ def importance_map(patch: Sequence[int], blend: str = "gaussian",
     return w if torch.device(device).type == "cpu" else w.to(device)
 
 
-def _pad_amounts(shape: Sequence[int], patch: Sequence[int]) -> list[tuple[int, int]]:
+def _pad_amounts(shape: Sequence[int], patch: Sequence[int], units: Sequence[int] | None = None
+                 ) -> list[tuple[int, int]]:
+    """Padding before/after per axis up to ``patch``; the part before is a multiple of the axis' unit."""
     out = []
-    for s, p in zip(shape, patch):
+    for i, (s, p) in enumerate(zip(shape, patch)):
         missing = max(p - s, 0)
-        out.append((missing // 2, missing - missing // 2))
+        u = 1 if units is None else int(units[i])
+        before = (missing // u // 2) * u
+        out.append((before, missing - before))
     return out
 
 
-def pad_to_patch(volume: torch.Tensor, patch: Sequence[int], value: float) -> tuple[torch.Tensor, tuple[slice, ...]]:
-    """Pad ``(C, D, H, W)`` with ``value`` to at least ``patch``; return it and the slices of the original."""
-    amounts = _pad_amounts(volume.shape[1:], patch)
+def pad_to_patch(volume: torch.Tensor, patch: Sequence[int], value: float, units: Sequence[int] | None = None
+                 ) -> tuple[torch.Tensor, tuple[slice, ...]]:
+    """Pad ``(C, D, H, W)`` with ``value`` to at least ``patch``; return it and the slices of the original.
+
+    ``units``: per axis, the padding before the volume is a multiple of it (scaled windows need whole output
+    offsets); default 1 (half the padding on each side, the extra voxel after).
+    """
+    amounts = _pad_amounts(volume.shape[1:], patch, units)
     if not any(a or b for a, b in amounts):
         return volume, tuple(slice(None) for _ in amounts)
     flat = [x for a, b in reversed(amounts) for x in (a, b)]  # F.pad wants the last axis first
     padded = torch.nn.functional.pad(volume, flat, mode="constant", value=float(value))
     return padded, tuple(slice(a, a + s) for (a, _), s in zip(amounts, volume.shape[1:]))
+
+
+def parse_scale(scale: Scale) -> tuple[Fraction, Fraction, Fraction]:
+    """``scale`` as three positive exact fractions (floats like ``0.25`` or ``1 / 3`` are snapped to the nearest
+    fraction with a denominator up to 1000; a sequence gives one scale per axis)."""
+    items = list(scale) if isinstance(scale, (list, tuple)) else [scale] * 3
+    if len(items) != 3:
+        raise ValueError(f"scale must be a number or 3 numbers, got {scale!r}")
+    out = []
+    for v in items:
+        if isinstance(v, bool) or not isinstance(v, (int, float, Fraction)) or not math.isfinite(float(v)) \
+                or float(v) <= 0:
+            raise ValueError(f"scale must be positive and finite, got {scale!r}")
+        frac = Fraction(v).limit_denominator(1000)
+        if abs(float(frac) - float(v)) > 1e-9 * max(1.0, float(v)):
+            raise ValueError(f"scale {v!r} is not a ratio of small integers")
+        out.append(frac)
+    return tuple(out)  # type: ignore[return-value]
+
+
+def _scaled(n: int, scale: Fraction, what: str) -> int:
+    value = n * scale
+    if value.denominator != 1:
+        raise ValueError(f"{what} {n} times scale {scale} = {float(value):g} is not a whole number of voxels")
+    return int(value)
+
+
+def scaled_tiles(shape: Sequence[int], patch: Sequence[int], step_size: float,
+                 scale: Sequence[Fraction]) -> list[tuple[Tile, Tile]]:
+    """(input tile, output tile) pairs for a scaled window, in C order.
+
+    With ``scale = p / q`` per axis, starts are chosen by ``compute_starts`` on the grid of ``q`` input voxels
+    (so ``start * scale`` is whole); for ``scale = 1`` this is exactly ``tile_slices``.
+    """
+    per_axis = []
+    for size, p, sc in zip(shape, patch, scale):
+        q = sc.denominator
+        _scaled(p, sc, "patch size")
+        _scaled(size, sc, "volume size")
+        starts = [a * q for a in compute_starts(size // q, p // q, step_size)]
+        per_axis.append([(slice(a, a + p), slice(_scaled(a, sc, "tile start"), _scaled(a + p, sc, "tile end")))
+                         for a in starts])
+    return [(tuple(t[0] for t in combo), tuple(t[1] for t in combo)) for combo in itertools.product(*per_axis)]
 
 
 def _allocate(shape: Sequence[int], device: torch.device) -> torch.Tensor:
@@ -133,7 +193,7 @@ class _Accumulators:
             torch.cuda.empty_cache()
         return True
 
-    def add(self, pred: torch.Tensor, tiles: Sequence[tuple[slice, ...]]) -> None:
+    def add(self, pred: torch.Tensor, tiles: Sequence[Tile]) -> None:
         """Add a batch of tile predictions; the only allocation (the transfer) happens before any sum changes."""
         pred = pred.to(self.values.device, torch.float32)
         for i, sl in enumerate(tiles):
@@ -144,53 +204,74 @@ class _Accumulators:
         return self.values.div_(self.weights)
 
 
-def _batches(tiles: list[tuple[slice, ...]], batch_size: int) -> list[list[tuple[slice, ...]]]:
+def _batches(tiles: list, batch_size: int) -> list[list]:
     return [tiles[i:i + batch_size] for i in range(0, len(tiles), batch_size)]
 
 
-def _predict_batch(volume: torch.Tensor, tiles: Sequence[tuple[slice, ...]], predict: PatchFn,
-                   device: torch.device) -> torch.Tensor:
+def _predict_batch(volume: torch.Tensor, tiles: Sequence[Tile], predict: PatchFn,
+                   device: torch.device, out_patch: Sequence[int] | None = None) -> torch.Tensor:
     x = torch.stack([volume[(slice(None), *sl)] for sl in tiles]).to(device, non_blocking=True)
     out = predict(x)
-    if out.ndim != 5 or out.shape[0] != len(tiles) or tuple(out.shape[2:]) != tuple(x.shape[2:]):
+    want = tuple(x.shape[2:]) if out_patch is None else tuple(out_patch)
+    if out.ndim != 5 or out.shape[0] != len(tiles) or tuple(out.shape[2:]) != want:
         raise RuntimeError(f"patch prediction returned shape {tuple(out.shape)} for input {tuple(x.shape)}; "
-                           "expected (N, C_out, D, H, W) with the input's N and spatial size")
+                           f"expected (N, C_out, {', '.join(map(str, want))}) with the input's N"
+                           + ("" if out_patch is None else " (the input tile times the window's scale)"))
     return out
 
 
 def sliding_window(volume: torch.Tensor, predict: PatchFn, patch_size: Sequence[int], step_size: float = 0.5,
                    blend: str = "gaussian", batch_size: int = 1, pad_value: float = -1.0,
                    device: torch.device | str | None = None, accumulate_device: torch.device | str | None = None,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
+                   generator: torch.Generator | None = None, scale: Scale = 1) -> torch.Tensor:
     """Predict a whole ``(C, D, H, W)`` volume with ``predict`` on tiles; returns ``(C_out, D, H, W)`` fp32.
 
     Args:
-        predict: maps ``(N, C, *patch_size)`` on ``device`` to ``(N, C_out, *patch_size)``.
+        predict: maps ``(N, C, *patch_size)`` on ``device`` to ``(N, C_out, *(patch_size * scale))``.
         step_size: tile stride as a fraction of the patch (0.5 = half-patch overlap).
         pad_value: value for padding inputs smaller than the patch (the plan's normalized air).
         device: where tiles are predicted (default: the volume's device).
         accumulate_device: where the blended sums live (default: ``device``); CPU fallback on OOM.
         generator: the random generator ``predict`` draws from, rewound when an OOM forces a redo.
+        scale: output size / input size per axis (a number or 3 numbers): ``1/f`` for an encoder that
+            downsamples by ``f``, ``f`` for a decoder. The result is ``(C_out, *(D, H, W) * scale)``; the patch
+            and the (padded) volume must scale to whole voxels (``ValueError`` otherwise). Default 1.
     """
     if volume.ndim != 4:
         raise ValueError(f"volume must be (C, D, H, W), got shape {tuple(volume.shape)}")
     patch = [int(p) for p in patch_size]
     if len(patch) != 3:
         raise ValueError(f"patch_size must have 3 entries, got {patch}")
+    scales = parse_scale(scale)
+    unscaled = all(sc == 1 for sc in scales)
     device = torch.device(device) if device is not None else volume.device
     acc_device = torch.device(accumulate_device) if accumulate_device is not None else device
-    padded, inner = pad_to_patch(volume.float(), patch, pad_value)
-    weight = importance_map(patch, blend)
-    tiles = tile_slices(padded.shape[1:], patch, step_size)
+    if unscaled:  # today's path, untouched
+        padded, inner = pad_to_patch(volume.float(), patch, pad_value)
+        out_patch, out_shape, out_inner = patch, padded.shape[1:], inner
+        tiles = [(t, t) for t in tile_slices(padded.shape[1:], patch, step_size)]
+    else:
+        units = [sc.denominator for sc in scales]
+        for p, sc in zip(patch, scales):
+            _scaled(p, sc, "patch size")
+        padded, inner = pad_to_patch(volume.float(), patch, pad_value, units)
+        out_patch = [_scaled(p, sc, "patch size") for p, sc in zip(patch, scales)]
+        out_shape = [_scaled(n, sc, "volume size") for n, sc in zip(padded.shape[1:], scales)]
+        out_inner = tuple(slice(_scaled(sl.start or 0, sc, "crop start"),
+                                _scaled(sl.start or 0, sc, "crop start") + _scaled(n, sc, "volume size"))
+                          for sl, sc, n in zip(inner, scales, volume.shape[1:]))
+        tiles = scaled_tiles(padded.shape[1:], patch, step_size, scales)
+    weight = importance_map(out_patch, blend)
     acc: _Accumulators | None = None
     for batch in _batches(tiles, max(1, int(batch_size))):
+        in_tiles, out_tiles = [t[0] for t in batch], [t[1] for t in batch]
         state = generator.get_state() if generator is not None else None
         while True:
             try:
-                out = _predict_batch(padded, batch, predict, device)
+                out = _predict_batch(padded, in_tiles, predict, device, None if unscaled else out_patch)
                 if acc is None:
-                    acc = _Accumulators(out.shape[1], padded.shape[1:], acc_device, weight)
-                acc.add(out, batch)
+                    acc = _Accumulators(out.shape[1], out_shape, acc_device, weight)
+                acc.add(out, out_tiles)
                 break
             except torch.OutOfMemoryError:
                 if acc is None or not acc.fall_back():
@@ -198,4 +279,4 @@ def sliding_window(volume: torch.Tensor, predict: PatchFn, patch_size: Sequence[
                 if state is not None:
                     generator.set_state(state)
     assert acc is not None  # at least one tile always exists
-    return acc.result()[(slice(None), *inner)]
+    return acc.result()[(slice(None), *out_inner)]

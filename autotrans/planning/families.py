@@ -85,22 +85,30 @@ def _batch_size(estimate: float, reference: float, n_voxels_dataset: float, patc
 
 def plan_latent(patch_size: list[int], reference: float, n_voxels_dataset: float,
                 downsampling_factor: int = 4, latent_channels: int = 4) -> dict[str, Any]:
-    """Autoencoder and diffusion U-Net sizes for the latent family (LDM, ControlNet, BBDM, flow matching)."""
+    """Autoencoder and diffusion U-Net sizes for the latent family (LDM, ControlNet, BBDM, flow matching).
+
+    The latent patch is the image patch divided by the autoencoder's factor, rounded up to a multiple of the
+    diffusion U-Net's total downsampling (its skip connections need even sizes at every level), so an image
+    patch that the factor does not divide is padded with air by the families, never cropped.
+    """
     n_down = int(round(math.log2(downsampling_factor)))
     if 2 ** n_down != downsampling_factor:
         raise ValueError(f"autoencoder downsampling factor must be a power of 2, got {downsampling_factor}")
     latent = [max(1, math.ceil(p / downsampling_factor)) for p in patch_size]
-    ae_patch = [lp * downsampling_factor for lp in latent]
     ae_channels = [32 * 2 ** min(i, 1) for i in range(n_down + 1)]  # e.g. (32, 64, 64) for 4x
     levels, edge = 1, min(latent)
     while levels < 4 and edge / 2 >= 4:
         levels += 1
         edge /= 2
+    divisor = 2 ** (levels - 1)
+    latent = [math.ceil(lp / divisor) * divisor for lp in latent]
+    ae_patch = [lp * downsampling_factor for lp in latent]
     unet_channels = [min(64 * 2 ** i, 256) for i in range(levels)]
     attention = [min(latent) / 2 ** i <= 16 for i in range(levels)]
     # counts: autoencoder (two convs per level, encoder + decoder) and diffusion U-Net (two res blocks of two convs)
     ae_count = sum(4 * c * _voxels([math.ceil(p / 2 ** i) for p in ae_patch]) for i, c in enumerate(ae_channels))
     unet_count = sum(8 * c * _voxels([math.ceil(lp / 2 ** i) for lp in latent]) for i, c in enumerate(unet_channels))
+    disc = plan_patchgan(ae_patch, in_channels=1, base_features=32, max_features=256)
     return {
         "autoencoder": {
             "downsampling_factor": downsampling_factor,
@@ -109,7 +117,9 @@ def plan_latent(patch_size: list[int], reference: float, n_voxels_dataset: float
             "num_res_blocks": 1,
             "patch_size": ae_patch,
             "latent_patch_size": latent,
-            "batch_size": _batch_size(ae_count * 1.5, reference, n_voxels_dataset, ae_patch),
+            "discriminator": {"n_layers": disc["n_layers"], "features": disc["features"][0]},
+            "batch_size": _batch_size(ae_count * 1.5 + 2 * disc["feature_map_voxels"], reference, n_voxels_dataset,
+                                      ae_patch),
         },
         "diffusion_unet": {
             "channels": unet_channels,

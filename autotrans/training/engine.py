@@ -66,6 +66,8 @@ class Trainer:
         family.autocast_dtype, needs_scaler = mixed_precision(self.device)
         family.scaler = torch.amp.GradScaler("cuda") if needs_scaler else None
         family.build()
+        if resume is None:
+            family.load_dependencies()  # e.g. the latent models' trained autoencoders (a resume has its own copy)
         if self.s.pretrained_weights and resume is None:
             load_pretrained(self.s.pretrained_weights, family)
         family.configure_optimizers()
@@ -180,7 +182,7 @@ class Trainer:
             batch = self.to_device(raw)
             params = [val.cases[int(i)].properties.get("target_normalization_params") or {} for i in raw["case_index"]]
             with self.family.autocast():
-                pred = self.family.predict_patch(batch["source"])
+                pred = self.family.validation_prediction(batch)
             errors += physical_patch_errors(pred, batch["target"], batch["mask"], norm, params)
             if own_step:
                 for k, v in self.family.validation_step(batch).items():

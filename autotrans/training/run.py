@@ -11,7 +11,7 @@ import os
 import platform
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -72,9 +72,34 @@ def prepare(settings: TrainSettings) -> Prepared:
         else:
             resume_from = found[0]
             logger.info("continuing from %s (epoch %d)", found[0], found[1]["epoch"])
+    if family_cls.requires_autoencoder and "autoencoder_checkpoint" not in s.overrides:
+        s = replace(s, overrides={**s.overrides, "autoencoder_checkpoint": str(autoencoder_checkpoint(s, fold))})
     if s.pretrained_weights and not Path(s.pretrained_weights).is_file():
         raise ConfigurationError(f"-pretrained_weights {s.pretrained_weights}: file not found")
     return Prepared(s, fold, model_dir, fold_dir, resume_from, family_cls.__module__)
+
+
+def autoencoder_checkpoint(s: TrainSettings, fold: FoldData) -> Path:
+    """Where the fold's shared autoencoder lives (its own model folder, trained once for all latent models)."""
+    folder = results_root() / fold.folders.name / model_folder_name("autoencoder", s.plans_name, s.configuration)
+    return folder / f"fold_{s.fold}" / FINAL
+
+
+def train_autoencoder_first(p: Prepared, requested: TrainSettings) -> None:
+    """Train the fold's autoencoder when a latent model needs it and it is missing (same budget and device;
+    the latent model's ``-o`` overrides are its own, except a perceptual network both may use)."""
+    path = Path(p.settings.overrides["autoencoder_checkpoint"])
+    if path.is_file() or p.resume_from is not None:
+        return
+    logger.info("%s needs the fold's autoencoder, which is not trained yet: training it first (%s)",
+                p.settings.model, path.parent.parent.name)
+    keep = {k: v for k, v in requested.overrides.items() if k in ("perceptual_weights",)}
+    # the user's request, not the latent model's resolved settings: the autoencoder has its own planned batch size
+    ae = replace(requested, model="autoencoder", overrides=keep, pretrained_weights=None, only_validation=False,
+                 val_best=False, seed=p.settings.seed)
+    run_training(ae)
+    if not path.is_file():
+        raise ConfigurationError(f"autoencoder training finished without writing {path}")
 
 
 def write_model_folder(p: Prepared) -> None:
@@ -152,6 +177,8 @@ def run_training(settings: TrainSettings) -> dict[str, Any] | None:
     """Train (unless ``only_validation``), then validate the fold's cases whole; returns the summary."""
     p = prepare(settings)
     s = p.settings
+    if get_family(s.model).requires_autoencoder and not s.only_validation:
+        train_autoencoder_first(p, settings)
     if not s.only_validation:
         write_model_folder(p)
     log_path = new_log_path(p.fold_dir)
@@ -173,6 +200,10 @@ def run_training(settings: TrainSettings) -> dict[str, Any] | None:
                 logging.getLogger().addHandler(handler)
             else:
                 train_process(0, p, 1, 0)
+        if not get_family(s.model).translates:
+            logger.info("%s does not translate: no whole-volume validation (its per-epoch reconstruction error is "
+                        "in the log)", s.model)
+            return None
         return final_validation(p.spec, s.fold, BEST if s.val_best else FINAL, p.fold.data_dir, p.fold.folders.raw,
                                 p.fold.val_cases, torch.device(s.device), tta=s.val_tta)
     finally:

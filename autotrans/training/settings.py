@@ -79,7 +79,9 @@ def plan_training_defaults(plans: Plans, cfg: Configuration) -> dict[str, Any]:
 def resolve(settings: TrainSettings, plans: Plans, cfg: Configuration) -> TrainSettings:
     """Fill every ``None`` from the plan (or engine defaults) so the record says what actually ran."""
     plan = plan_training_defaults(plans, cfg)
-    family_section = cfg.data.get("families", {}).get(settings.model, {})
+    from autotrans.families.base import get_family  # local: families import the planning layer only
+
+    planned_bs = get_family(settings.model).planned_batch_size(cfg)
     seed = settings.seed if settings.seed is not None else int.from_bytes(os.urandom(4), "little") % (2 ** 31)
     workers = settings.num_workers
     if workers is None:
@@ -91,7 +93,7 @@ def resolve(settings: TrainSettings, plans: Plans, cfg: Configuration) -> TrainS
         iterations=int(settings.iterations or plan.get("iterations_per_epoch", DEFAULT_ITERATIONS)),
         val_iterations=int(settings.val_iterations if settings.val_iterations is not None
                            else plan.get("val_iterations", DEFAULT_VAL_ITERATIONS)),
-        batch_size=int(settings.batch_size or family_section.get("batch_size", cfg.batch_size)),
+        batch_size=int(settings.batch_size or planned_bs or cfg.batch_size),
         compile=settings.compile if settings.compile is not None else settings.device == "cuda",
         seed=int(seed),
         num_workers=int(workers),

@@ -37,7 +37,7 @@ def test_single_model_is_used_and_named(model: Path, tmp_path: Path, caplog: pyt
     with caplog.at_level(logging.INFO):  # two cases: background preprocessing and export workers really run
         assert main(["-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-npp", "2", "-nps", "2"]) == 0
     assert "using the only trained model" in caplog.text and model.name in caplog.text
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.nii.gz", "b.mha"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.nii.gz", "b.mha", "timings.json"]
 
 
 def test_continue_prediction_skips_finished_cases(model: Path, tmp_path: Path) -> None:
@@ -146,4 +146,4 @@ def test_unreadable_case_fails_after_others_are_written(model: Path, tmp_path: P
     errs = _errors(capsys)
     assert any("bad:" in e for e in errs), errs
     # nothing half-written
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.nii.gz"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.nii.gz", "timings.json"]

@@ -18,6 +18,16 @@ def settings(model: str = "test_residual", fold: str = "0", configuration: str =
     return replace(base, **kw)
 
 
+def shrink(pre: Path) -> None:
+    """Shrink the networks of a preprocessed dataset's plan in place (same building code, a few features)."""
+    from autotrans.planning.plans import Plans
+    from autotrans.utils.files import save_json
+    from tests.families.helpers import shrink_plans
+
+    path = pre / "autotransPlans.json"
+    save_json(shrink_plans(Plans.load(path), patch=(16, 16, 16), features=(4, 8)).data, path)
+
+
 def fold_dir(results: Path, model: str = "test_residual", configuration: str = "3d_fullres", fold: str = "0") -> Path:
     return results / "Dataset011_DemoT2toFLAIR" / f"{model}__autotransPlans__{configuration}" / f"fold_{fold}"
 

@@ -13,18 +13,9 @@ import pytest
 
 import autotrans.families
 from autotrans.cli.train import main
-from autotrans.planning.plans import Plans
-from autotrans.utils.files import save_json
-from tests.training.helpers import fold_dir, load
+from tests.training.helpers import fold_dir, load, shrink
 
 GAN_FAMILIES = ("pix2pix", "cyclegan", "srgan")
-
-
-def shrink(pre: Path) -> None:
-    from tests.families.helpers import shrink_plans
-
-    path = pre / "autotransPlans.json"
-    save_json(shrink_plans(Plans.load(path), patch=(16, 16, 16), features=(4, 8)).data, path)
 
 
 @pytest.mark.parametrize("model", GAN_FAMILIES)
