@@ -69,7 +69,6 @@ class AutoencoderFamily(Family):
         self.disc_source = build_latent_discriminator(ae, n_src).to(self.device)
         self.disc_target = build_latent_discriminator(ae, 1).to(self.device)
         self._optimizers: dict[str, torch.optim.Optimizer] = {}
-        self.epoch = 0
         self.feature_net: torch.nn.Module | None = None
 
     def resolved_hparams(self) -> dict[str, Any]:
@@ -95,16 +94,9 @@ class AutoencoderFamily(Family):
         return self._optimizers
 
     def on_epoch_end(self, epoch: int, num_epochs: int) -> None:
-        self.epoch = epoch + 1
+        super().on_epoch_end(epoch, num_epochs)
         for m in MODALITIES:
             unwrap(getattr(self, f"ae_{m}")).update_scale()
-
-    def train_state_dict(self) -> dict[str, Any]:
-        return {**super().train_state_dict(), "epoch": self.epoch}
-
-    def load_train_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_train_state_dict(state)
-        self.epoch = int(state.get("epoch", 0))
 
     def adversarial_on(self) -> bool:
         start = float(self.hparam("adversarial_start", DEFAULTS["adversarial_start"]))

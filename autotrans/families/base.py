@@ -78,6 +78,7 @@ class Family(ABC):
         self.autocast_dtype: torch.dtype | None = None  # bf16 on CUDA (fp16 where bf16 is missing), None on CPU
         self.scaler: torch.amp.GradScaler | None = None  # only with fp16
         self.grad_clip: float | None = 12.0
+        self.epoch = 0  # epochs completed (checkpointed): warm-ups and phase switches read it
 
     # --- hyperparameters ----------------------------------------------------------------------
     def hparam(self, key: str, default: Any) -> Any:
@@ -121,6 +122,7 @@ class Family(ABC):
     def on_epoch_end(self, epoch: int, num_epochs: int) -> None:
         for sched in self.schedulers().values():
             sched.step()
+        self.epoch = epoch + 1
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Mixed precision for forward passes when the engine enabled it; a no-op otherwise."""
@@ -149,13 +151,14 @@ class Family(ABC):
     def train_state_dict(self) -> dict[str, Any]:
         """Optimizer and scheduler states (the engine adds epoch, RNG, logs)."""
         return {"optimizers": {k: o.state_dict() for k, o in self.optimizers().items()},
-                "schedulers": {k: s.state_dict() for k, s in self.schedulers().items()}}
+                "schedulers": {k: s.state_dict() for k, s in self.schedulers().items()}, "epoch": self.epoch}
 
     def load_train_state_dict(self, state: dict[str, Any]) -> None:
         for k, o in self.optimizers().items():
             o.load_state_dict(state["optimizers"][k])
         for k, sch in self.schedulers().items():
             sch.load_state_dict(state["schedulers"][k])
+        self.epoch = int(state.get("epoch", 0))
 
     def wrap_networks(self, wrap: Callable[[torch.nn.Module], torch.nn.Module]) -> None:
         """Replace each trainable network by ``wrap(net)`` (DDP, torch.compile). Families store their networks

@@ -83,7 +83,6 @@ class LatentFamily(Family):
             net.requires_grad_(False)
         self.build_denoisers()
         self._optimizers: dict[str, torch.optim.Optimizer] = {}
-        self.epoch = 0
 
     @abstractmethod
     def build_denoisers(self) -> None:
@@ -139,17 +138,6 @@ class LatentFamily(Family):
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return self._optimizers
-
-    def on_epoch_end(self, epoch: int, num_epochs: int) -> None:
-        super().on_epoch_end(epoch, num_epochs)
-        self.epoch = epoch + 1
-
-    def train_state_dict(self) -> dict[str, Any]:
-        return {**super().train_state_dict(), "epoch": self.epoch}
-
-    def load_train_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_train_state_dict(state)
-        self.epoch = int(state.get("epoch", 0))
 
     def latents(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(source latent, target latent, air-padded source image) of a training batch; no gradients."""

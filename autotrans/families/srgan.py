@@ -90,7 +90,6 @@ class SRGANFamily(Family):
         self.discriminator = build_vgg_discriminator(section["discriminator"], 1,
                                                      spectral_norm=bool(hp["spectral_norm"])).to(self.device)
         self.feature_net: torch.nn.Module | None = None
-        self.epoch = 0
         self._optimizers: dict[str, torch.optim.Optimizer] = {}
 
     def resolved_hparams(self) -> dict[str, Any]:
@@ -112,17 +111,6 @@ class SRGANFamily(Family):
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return self._optimizers
-
-    def on_epoch_end(self, epoch: int, num_epochs: int) -> None:
-        super().on_epoch_end(epoch, num_epochs)
-        self.epoch = epoch + 1
-
-    def train_state_dict(self) -> dict[str, Any]:
-        return {**super().train_state_dict(), "epoch": self.epoch}
-
-    def load_train_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_train_state_dict(state)
-        self.epoch = int(state.get("epoch", 0))
 
     @property
     def warming_up(self) -> bool:

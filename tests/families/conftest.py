@@ -1,23 +1,17 @@
 """The demo T2->FLAIR dataset planned and preprocessed once per session (takes a few seconds)."""
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from autotrans.planning.plans import Plans
 from tests.conftest import install_demo_copy
 
 
 @pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny networks: intra-op threads only add synchronisation (several times slower on a busy 2-core CI)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _single_thread(one_thread: None) -> None:
+    """Every test of this folder runs single-threaded (``one_thread`` in tests/conftest.py)."""
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
 """Shared helpers for the sampler tests: single-threaded torch and a fixed, seeded linear stand-in network."""
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -10,12 +10,8 @@ SHAPE = (2, 2, 2, 3, 3)  # (N, C, D, H, W): tiny 3D latents
 
 
 @pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny tensors: intra-op threads only add synchronisation on the shared 2-core CI machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _single_thread(one_thread: None) -> None:
+    """Every test of this folder runs single-threaded (``one_thread`` in tests/conftest.py)."""
 
 
 def seeded(seed: int, shape: tuple[int, ...] = SHAPE) -> torch.Tensor:

@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 
 from autotrans.cli.predict import main as predict_main
 from autotrans.cli.train import main
@@ -24,13 +22,7 @@ ARGS = ["--epochs", "2", "--iterations", "2", "--val_iterations", "1", "-device"
         "--seed", "0", "--disable_val_tta", "-o", "sampling_steps=2"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny networks: intra-op threads only add synchronisation on a busy 2-core CI."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_latent_models_train_share_one_autoencoder_and_predict(tiny_brain: Path, roots: dict[str, Path],
