@@ -197,3 +197,16 @@ def test_autoencoder_round_trip_on_a_real_crop(demo_planned) -> None:
         ae.train_step(batch, step)
     after = error()
     assert after < 0.25 and after < 0.4 * before, (before, after)
+
+
+@pytest.mark.parametrize("name", ["autoencoder", *LATENT])
+def test_latent_mixed_precision_step(name: str, demo_planned) -> None:
+    """bf16 autocast (what the engine enables on GPUs) runs on the CPU too: finite losses, fp32 outputs."""
+    fam = make(name, demo_planned, overrides={"adversarial_start": 0}, patch=(16, 16, 16))
+    fam.autocast_dtype = torch.bfloat16
+    fam.configure_optimizers()
+    batch = real_batch(demo_planned[1], n=2, patch=(16, 16, 16))
+    losses = {**fam.train_step(batch, step=0), **fam.validation_step(batch)}
+    assert all(math.isfinite(v) for v in losses.values()), losses
+    out = fam.validation_prediction(batch) if name == "autoencoder" else fam.eval().predict_patch(batch["source"])
+    assert out.dtype == torch.float32
