@@ -17,8 +17,8 @@ CONSOLE_SCRIPTS = [
     "autotrans_train=autotrans.cli.train:main",
     "autotrans_predict=autotrans.cli.predict:main",
     "autotrans_evaluate=autotrans.cli.evaluate:main",
-    "autotrans_benchmark=autotrans.cli.not_built:main_benchmark",
-    "autotrans_demo=autotrans.cli.not_built:main_demo",
+    "autotrans_benchmark=autotrans.cli.benchmark:main",
+    "autotrans_demo=autotrans.cli.demo:main",
     "autotrans_turing=autotrans.cli.turing:main",
 ]
 
@@ -52,10 +52,10 @@ setup(
         "matplotlib>=3.6",
         "pydicom>=2.3",
         "scikit-posthocs>=0.9",
+        "monai>=1.4",  # AutoencoderKL, DiffusionModelUNet, ControlNet, PatchDiscriminator, DDPM/DDIM (latent models)
     ],
     extras_require={
-        "test": ["pytest>=7", "nnunetv2>=2.5", "selenium>=4.10", "torchmetrics>=1.0", "statsmodels>=0.13",
-                 "monai>=1.3"],
+        "test": ["pytest>=7", "nnunetv2>=2.5", "selenium>=4.10", "torchmetrics>=1.0", "statsmodels>=0.13"],
     },
     entry_points={"console_scripts": CONSOLE_SCRIPTS},
     classifiers=[

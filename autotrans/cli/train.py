@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only run the final validation of a trained fold")
     p.add_argument("--val_best", action="store_true", help="final validation with checkpoint_best.pth")
     p.add_argument("--disable_val_tta", action="store_true", help="final validation without mirror TTA")
+    p.add_argument("--skip_final_validation", action="store_true",
+                   help="no whole-volume validation after training (e.g. when a benchmark predicts those cases)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: drawn and recorded)")
     p.add_argument("-num_workers", "--num_workers", type=int, default=None,
                    help="data augmentation worker processes (env autotrans_n_proc_DA, else CPUs - 1; 0: in-process)")
@@ -73,6 +75,7 @@ def _main(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, num_gpus=args.num_gpus, compile=False if args.no_compile else None,
         pretrained_weights=args.pretrained_weights, continue_training=args.continue_training,
         only_validation=args.only_validation, val_best=args.val_best, val_tta=not args.disable_val_tta,
+        final_validation=not args.skip_final_validation,
         seed=args.seed, num_workers=args.num_workers, save_every=args.save_every,
         overrides={**parse_overrides(args.override),
                    **({"perceptual_weights": args.perceptual_weights} if args.perceptual_weights else {})},

@@ -200,6 +200,9 @@ def run_training(settings: TrainSettings) -> dict[str, Any] | None:
                 logging.getLogger().addHandler(handler)
             else:
                 train_process(0, p, 1, 0)
+        if not s.final_validation:
+            logger.info("final validation skipped (--skip_final_validation): predict the validation cases yourself")
+            return None
         if not get_family(s.model).translates:
             logger.info("%s does not translate: no whole-volume validation (its per-epoch reconstruction error is "
                         "in the log)", s.model)

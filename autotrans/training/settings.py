@@ -45,6 +45,7 @@ class TrainSettings:
     only_validation: bool = False
     val_best: bool = False
     val_tta: bool = True
+    final_validation: bool = True  # predict the fold's validation cases whole after training
     seed: int | None = None
     num_workers: int | None = None
     save_every: int = DEFAULT_SAVE_EVERY
