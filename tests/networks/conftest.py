@@ -1,2 +1,7 @@
-"""Single-threaded torch for the tiny network tests (see tests/families/conftest.py)."""
-from tests.families.conftest import one_thread  # noqa: F401  (autouse fixture)
+"""Network tests run single-threaded, like the family tests (tiny tensors)."""
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _single_thread(one_thread: None) -> None:
+    """``one_thread`` lives in tests/conftest.py."""
