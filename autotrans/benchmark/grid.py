@@ -15,13 +15,14 @@ from autotrans.errors import ConfigurationError
 from autotrans.paths import preprocessed_root, raw_root, resolve_dataset, results_root
 from autotrans.planning.planner import DEFAULT_PLANS_NAME, PlannerOptions
 from autotrans.results import model_folder_name
+from autotrans.training.settings import DEFAULT_EPOCHS, DEFAULT_ITERATIONS
 from autotrans.utils.files import load_json
 
 logger = logging.getLogger(__name__)
 
-#: nnU-Net's schedule, the reference against which the report calls a run "short"
-FULL_EPOCHS = 1000
-FULL_ITERATIONS = 250
+#: the engine's default schedule (nnU-Net's), the reference against which the report calls a run "short"
+FULL_EPOCHS = DEFAULT_EPOCHS
+FULL_ITERATIONS = DEFAULT_ITERATIONS
 
 
 @dataclass(frozen=True)
