@@ -24,7 +24,6 @@ from autotrans.families.base import Family, register_family, unwrap
 from autotrans.families.latent import latent_section, pad_to_multiple
 from autotrans.families.losses import evaluating, feature_l1, lsgan_loss, resolved, set_requires_grad
 from autotrans.families.srgan import load_feature_network
-from autotrans.planning.plans import Configuration
 from autotrans.networks.latent import build_autoencoder, build_latent_discriminator, latent_divisor
 
 DEFAULTS: dict[str, Any] = {
@@ -54,10 +53,7 @@ class AutoencoderFamily(Family):
 
     translates = False
 
-    @classmethod
-    def planned_batch_size(cls, configuration: Configuration) -> int | None:
-        bs = configuration.data.get("families", {}).get("latent", {}).get("autoencoder", {}).get("batch_size")
-        return int(bs) if bs else None
+    batch_size_section = ("latent", "autoencoder")
 
     def build(self) -> None:
         section = latent_section(self)

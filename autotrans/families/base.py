@@ -89,10 +89,17 @@ class Family(ABC):
         return section.get(key, default)
 
     # --- building -----------------------------------------------------------------------------
+    #: where the plan sizes this family's batch, as keys under the configuration's ``families`` (default: the
+    #: family's own section; the latent models share sub-sections of ``latent``)
+    batch_size_section: tuple[str, ...] = ()
+
     @classmethod
     def planned_batch_size(cls, configuration: Configuration) -> int | None:
         """The batch size the plan sized for this family (None: the configuration's U-Net batch size)."""
-        bs = configuration.data.get("families", {}).get(cls.name, {}).get("batch_size")
+        section = configuration.data.get("families", {})
+        for key in cls.batch_size_section or (cls.name,):
+            section = section.get(key, {})
+        bs = section.get("batch_size")
         return int(bs) if bs else None
 
     @abstractmethod

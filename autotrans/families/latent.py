@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from autotrans.errors import ConfigurationError
 from autotrans.families.base import Family, unwrap
 from autotrans.families.losses import evaluating, resolved
-from autotrans.planning.plans import Configuration
 from autotrans.networks.latent import build_autoencoder, latent_divisor
 
 logger = logging.getLogger(__name__)
@@ -61,14 +60,10 @@ class LatentFamily(Family):
     #: whether ``sample_latent`` also needs the source image tile (``source_image=``, image resolution)
     needs_source_image = False
     requires_autoencoder = True
+    batch_size_section = ("latent", "diffusion_unet")
     defaults: dict[str, Any] = COMMON_DEFAULTS
 
     # --- building ------------------------------------------------------------------------------
-    @classmethod
-    def planned_batch_size(cls, configuration: Configuration) -> int | None:
-        bs = configuration.data.get("families", {}).get("latent", {}).get("diffusion_unet", {}).get("batch_size")
-        return int(bs) if bs else None
-
     def build(self) -> None:
         self.section = latent_section(self)
         ae = self.section["autoencoder"]

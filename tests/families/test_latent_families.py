@@ -210,3 +210,19 @@ def test_latent_mixed_precision_step(name: str, demo_planned) -> None:
     assert all(math.isfinite(v) for v in losses.values()), losses
     out = fam.validation_prediction(batch) if name == "autoencoder" else fam.eval().predict_patch(batch["source"])
     assert out.dtype == torch.float32
+
+
+def test_planned_batch_sizes_come_from_the_latent_sub_sections(demo_planned) -> None:
+    import copy
+
+    from autotrans.families.base import get_family
+    from autotrans.planning.plans import Plans
+
+    data = copy.deepcopy(demo_planned[0].data)
+    fams = data["configurations"]["3d_fullres"]["families"]
+    fams["pix2pix"]["batch_size"], fams["latent"]["autoencoder"]["batch_size"] = 3, 5
+    fams["latent"]["diffusion_unet"]["batch_size"] = 7
+    cfg = Plans(data).configuration("3d_fullres")
+    assert get_family("pix2pix").planned_batch_size(cfg) == 3
+    assert get_family("autoencoder").planned_batch_size(cfg) == 5
+    assert all(get_family(n).planned_batch_size(cfg) == 7 for n in LATENT)
