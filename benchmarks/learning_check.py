@@ -39,7 +39,8 @@ DATASET_ID = 61
 
 
 def baseline_mae(raw: Path, plans: Plans, val_cases: list[str]) -> dict[str, float]:
-    """Copy-the-input: the T2, normalized into the target's scale with its own percentiles."""
+    """Copy-the-input: the T2, normalized into the target's output scale with its own percentiles (and bounded
+    like a generator output: through the target's network space); the reference is the unclipped output scale."""
     dj = load_dataset_json(raw)
     cases = discover_cases(raw, dj, "Tr").cases
     norm = plans.target_normalization
@@ -47,8 +48,8 @@ def baseline_mae(raw: Path, plans: Plans, val_cases: list[str]) -> dict[str, flo
     for case in val_cases:
         a, _ = load_case(cases[case], dj)
         mask = a.mask > 0
-        ref = norm.forward(a.target, norm.fit_case(a.target[mask]))
-        pred = norm.forward(a.source[0], norm.fit_case(a.source[0][mask]))
+        ref = norm.raw_to_output_scale(a.target, norm.fit_case(a.target[mask]))
+        pred = norm.to_output_scale(norm.forward(a.source[0], norm.fit_case(a.source[0][mask])))
         r = evaluate_case(ref, pred, a.mask, None, modality="MR", standard="autotrans", case=case,
                           value_range=(-1.0, 1.0), range_source="plan")
         out[case] = r["metrics"]["mae"]

@@ -21,13 +21,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 import autotrans.families  # noqa: F401  (registers the families)
 from autotrans.dataset.demo import install_demo
 from autotrans.families.base import get_family
 from autotrans.inference.latent import predict_latent_volume
-from autotrans.planning.families import plan_latent
+from autotrans.planning.families import plan_families
+from autotrans.planning.planner import UNetMemoryModel, plan_configuration
 from autotrans.planning.plans import Plans
 from autotrans.utils.files import load_json
 
@@ -44,9 +46,11 @@ def demo_plans(patch: list[int]) -> Plans:
         install_demo({901: 998}, simulate_cbct=False)
         plan_experiment_for(998)
         data = load_json(Path(d) / "autotrans_preprocessed" / "Dataset998_DemoT2toFLAIR" / "autotransPlans.json")
-    cfg = data["configurations"]["3d_fullres"]
-    cfg["patch_size"] = list(patch)
-    cfg["families"]["latent"] = plan_latent(list(patch), reference=1e12, n_voxels_dataset=1e12)
+    # the configuration the planner gives an isotropic dataset whose images are this patch (80 GB: not shrunk)
+    cfg = plan_configuration(np.ones(3), np.array(patch, dtype=float), 1e12, UNetMemoryModel(1, 1), 80.0, "sampling")
+    cfg["resampling"] = data["configurations"]["3d_fullres"]["resampling"]
+    cfg["families"] = plan_families(cfg, 1, 1, 1e12, 80.0)
+    data["configurations"]["3d_fullres"] = cfg
     return Plans(data)
 
 

@@ -33,12 +33,29 @@ def test_brain_t2_to_flair(brain_demo: Path, roots, caplog) -> None:
     cfg = plans.configuration("3d_fullres")
     assert cfg.spacing == [2.0, 2.0, 2.0]
     assert plans.target_normalization.scheme == "percentile"
-    assert set(cfg.data["families"]) == {"pix2pix", "cyclegan", "srgan", "latent"}
+    fams = cfg.data["families"]
+    models = {"pix2pix", "cyclegan", "srgan", "autoencoder", "ldm", "ldm_prior", "ldm_controlnet", "bbdm",
+              "flow_matching"}
+    assert set(fams) == models | {"latent", "budget"}
+    # the plan says what each family got (one rule: the U-Net's budget, one memory model, parameter parity)
+    unet = fams["budget"]["unet_parameters"]
+    for name in models:
+        sec = fams[name]
+        assert sec["batch_size"] >= 1 and sec["estimated_memory_gb"] > 0 and sec["activation_bytes_per_sample"] > 0
+        assert sec["parameters"] and all(v > 0 for v in sec["parameters"].values()), name
+        generator = sec["parameters"].get("generator", sec["parameters"].get("denoiser"))
+        if generator is not None:
+            assert 0.25 <= generator / unet <= 4, (name, generator, unet)
     assert case_ids(out["data"]) == sorted(fp["cases"])
     case = PreprocessedCase(out["data"], "MS-patient07")
     src, tgt, mask, les = (case.load(k) for k in ("source", "target", "mask", "lesions"))
     assert src.shape[0] == 1 and tgt.shape == src.shape and mask.shape == src.shape[1:]
     assert np.isfinite(src).all() and -1.0 <= tgt.min() and tgt.max() <= 1.0
+    # the planned headroom keeps every FLAIR voxel (bright lesions included) unclipped, in every case
+    assert plans.target_normalization.headroom > 1.0
+    for c in fp["cases"]:
+        clipped = PreprocessedCase(out["data"], c).properties["clipped_voxels"]
+        assert sum(clipped["target"].values()) == 0 and sum(clipped["source"][0].values()) == 0, c
     assert les.sum() > 0 and "lesions" in case.locations()
     props = case.properties
     raw_size = list(reversed(props["shape_before_crop"]))
@@ -57,7 +74,10 @@ def test_second_run_does_no_work_and_replanning_keeps_user_config(petct_demo: Pa
     out = _outputs(pre)
     plans = load_json(out["plans"])
     assert plans["normalization"]["target"]["scheme"] == "suv"
+    assert plans["normalization"]["target"]["transform"] == "log1p"
     assert plans["normalization"]["source"][0]["window"] == [-1024.0, 3071.0]
+    for case in case_ids(out["data"]):  # the ceiling lies above the hottest training voxel: nothing clipped
+        assert sum(PreprocessedCase(out["data"], case).properties["clipped_voxels"]["target"].values()) == 0
     # a user adds a configuration (nnU-Net style inheritance) and their own split
     plans["configurations"]["3d_fullres_bs4"] = {"inherits_from": "3d_fullres", "batch_size": 4}
     out["plans"].write_text(json.dumps(plans))
@@ -69,6 +89,7 @@ def test_second_run_does_no_work_and_replanning_keeps_user_config(petct_demo: Pa
     assert {p.name: p.stat().st_mtime_ns for p in out["data"].iterdir()} == stamps
     assert out["fingerprint"].stat().st_mtime_ns == fp_stamp
     assert "already preprocessed" in caplog.text and "fingerprint is up to date" in caplog.text
+    assert "clipped foreground voxels" not in caplog.text
     again = Plans.load(out["plans"])
     assert again.configuration("3d_fullres_bs4").batch_size == 4
     assert again.configuration("3d_fullres_bs4").patch_size == again.configuration("3d_fullres").patch_size

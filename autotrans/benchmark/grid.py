@@ -94,7 +94,7 @@ def _suggest(name: str, options: list[str]) -> str:
 
 
 def check_models(models: list[str]) -> tuple[str, ...]:
-    """Registered families that translate; the autoencoder is trained automatically where needed."""
+    """Registered families that translate; shared stages (autoencoder, ldm_prior) are trained where needed."""
     import autotrans.families  # noqa: F401  (registers the shipped families)
     from autotrans.families.base import available_families, get_family
 
@@ -104,8 +104,8 @@ def check_models(models: list[str]) -> tuple[str, ...]:
         if m not in names:
             raise ConfigurationError(f"unknown model {m!r}{_suggest(m, names)}; available: {', '.join(names)}")
         if not getattr(get_family(m), "translates", True):
-            raise ConfigurationError(f"model {m!r} does not translate (it is trained automatically for the latent "
-                                     "models); leave it out of -m")
+            raise ConfigurationError(f"model {m!r} does not translate (a shared stage, trained automatically for "
+                                     "the models that build on it); leave it out of -m")
         if m not in out:
             out.append(m)
     return tuple(out)

@@ -60,25 +60,53 @@ def protocol_blocks(results: list[dict[str, Any]]) -> list[tuple]:
          "the binarized mask, in physical units (CT in HU on [-1024, 3071]; PET in SUV on [0, the plan's ceiling]; "
          "MR in the plan's normalized scale on [-1, 1], because an MR prediction has no absolute scale). Lesion "
          "level: 26-connected components of the reference lesion map, stratified by volume (<0.5 mL, 0.5-5 mL, "
-         ">5 mL). Predictions: autotrans_predict's chain (sliding window, step 0.5, Gaussian blending, mirror TTA "
-         f"where the model trained with mirroring: {tta}), prediction seed 0. Splits: splits_final.json (5-fold KFold, "
-         "seed 12345; leave-one-out below 5 cases)."),
+         ">5 mL). Predictions: autotrans_predict's chain, the same for every model (sliding window, step 0.5, "
+         f"Gaussian blending; mirror TTA over the axes each model trained mirrored: {tta}; folds averaged in physical "
+         "units), prediction seed 0. Splits: splits_final.json (5-fold KFold, seed 12345; leave-one-out below 5 "
+         "cases)."),
         ("table", ["software", "version"], [[k, val] for k, val in v.items()]),
         ("table", ["machine", "value"], [[k, ", ".join(val) if isinstance(val, list) else str(val)]
                                          for k, val in m.items()]),
         ("table", ["dataset", "plans", "plans sha1 (current)", "plans sha1 of the checkpoints"],
          [[d, e["plans_name"], e["current"] or "–", ", ".join(e["checkpoints"])] for d, e in hashes.items()]),
     ]
+    blocks += sizing_blocks(results)
     rows = []
     for r in sorted(results, key=lambda r: (r["dataset"], r["model"], int(r["fold"]))):
         t = r["training"]
-        ae = t.get("autoencoder")
+        stages = "; ".join(f"{k} {v['epochs']} x {v['iterations_per_epoch']} (seed {v.get('seed')})"
+                           for k, v in (t.get("stages") or {}).items()) or "–"
         rows.append([r["dataset"], r["model"], r["fold"], str(t["epochs"]), str(t["iterations_per_epoch"]),
-                     str(t["total_iterations"]), str(t.get("batch_size")), str(t.get("seed")),
-                     f"{ae['epochs']} x {ae['iterations_per_epoch']} (seed {ae.get('seed')})" if ae else "–",
+                     str(t["total_iterations"]), str(t.get("batch_size")), str(t.get("seed")), stages,
                      ", ".join(r["cases"])])
     blocks += [("p", "Trained schedule per task, read from checkpoint_final.pth (epochs done x iterations per "
                 "epoch), training seed, and the held-out cases evaluated."),
                ("table", ["dataset", "model", "fold", "epochs", "iterations/epoch", "iterations", "batch", "seed",
-                          "autoencoder", "held-out cases"], rows)]
+                          "shared stages", "held-out cases"], rows)]
+    return blocks
+
+
+def sizing_blocks(results: list[dict[str, Any]]) -> list[tuple]:
+    """What each model got from the plan (one sizing rule for all: documentation/planning.md, "Fair sizing")."""
+    from autotrans.families.base import available_families, get_family
+    from autotrans.planning.families import SUMMARY_HEADER, summary_rows
+    from autotrans.utils.files import load_json
+
+    blocks: list[tuple] = []
+    for dataset in sorted({r["dataset"] for r in results}):
+        rs = [r for r in results if r["dataset"] == dataset]
+        f = preprocessed_root() / dataset / f"{rs[0]['plans_name']}.json"
+        cfg = load_json(f)["configurations"].get(rs[0]["configuration"], {}) if f.is_file() else {}
+        models = {r["model"] for r in rs}
+        models |= {dep for m in list(models) if m in available_families() for dep, _ in get_family(m).dependencies}
+        rows = [row for row in summary_rows(cfg.get("families", {})) if row[0] in models]
+        if not rows:
+            continue
+        budget = cfg["families"].get("budget", {})
+        blocks += [("p", f"{dataset}: what each model got from the plan ({rs[0]['configuration']}, patch "
+                    f"{'x'.join(map(str, cfg.get('patch_size', [])))}, GPU memory target "
+                    f"{budget.get('gpu_memory_target_gb', '?')} GB). One rule for all: the budget is the planned "
+                    "U-Net's (nnU-Net's rule); each training step's activation memory is counted by the same "
+                    "model; generators are sized to the U-Net's parameter count where the method has its own "
+                    "architecture."), ("table", SUMMARY_HEADER, rows)]
     return blocks

@@ -204,20 +204,23 @@ def timing_blocks(results: list[dict[str, Any]]) -> list[Block]:
     rows = []
     for r in sorted(results, key=lambda r: (r["dataset"], r["model"], int(r["fold"]))):
         t, i = r["training"], r["inference"]
-        ae = t.get("autoencoder")
+        stages = ", ".join(f"{k} {fmt(v['hours'], 3)}" for k, v in (t.get("stages") or {}).items()) or "–"
         rows.append([r["dataset"], r["model"], r["fold"], f"{t['epochs']} x {t['iterations_per_epoch']}",
-                     fmt(t["hours"], 3), fmt(ae["hours"], 3) if ae else "–",
+                     fmt(t["hours"], 3), fmt(t.get("validation_hours"), 3), stages,
                      fmt(t["wall_s_benchmark"] / 3600 if t.get("wall_s_benchmark") else None, 3),
                      fmt(i["seconds_per_volume"], 3), fmt(i.get("network_seconds_per_volume"), 3), t.get("device") or "–"])
     return [("h2", "Training and inference cost"),
-            ("p", "Training hours: the sum of epoch times in the checkpoint history (all invocations of a resumed "
-             "run); latent models also need the fold's shared autoencoder (its own hours, trained once per dataset "
-             "and fold). Benchmark wall hours: the training calls made by this benchmark, including the final "
-             "validation (and the autoencoder for the first latent model of a fold); empty when the model was "
-             "trained before. Inference: seconds per volume end to end (read, preprocess, network, export) and "
-             "the network part alone (timings.json)."),
-            ("table", ["dataset", "model", "fold", "epochs x iterations", "training h", "autoencoder h",
-                       "benchmark wall h", "inference s/volume", "network s/volume", "device"], rows)]
+            ("p", "Training hours: the sum of the epochs' training times in the checkpoint history (all invocations "
+             "of a resumed run), without the per-epoch validation, whose hours are listed beside them (the latent "
+             "models sample a few validation batches cheaply; see documentation/training_engine.md). Shared stages: "
+             "the fold's stages a model builds on, each trained once per dataset and fold with the same budget "
+             "(latent models: the autoencoder; ldm_controlnet also its prior), with their training hours. Benchmark "
+             "wall hours: the training calls made by this benchmark (and the shared stages for the first model of a "
+             "fold that needs them); empty when the model was trained before. Inference: seconds per volume end to "
+             "end (read, preprocess, network, export) and the network part alone (timings.json)."),
+            ("table", ["dataset", "model", "fold", "epochs x iterations", "training h", "validation h",
+                       "shared stages h", "benchmark wall h", "inference s/volume", "network s/volume", "device"],
+             rows)]
 
 
 def build_blocks(output: Path, results: list[dict[str, Any]], stats_out: dict[str, Any]) -> list[Block]:

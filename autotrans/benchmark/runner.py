@@ -85,7 +85,7 @@ def train(task: Task) -> None:
                "invocations": int(earlier.get("invocations", 0)) + 1,
                "note": "wall clock of autotrans training calls made by the benchmark (without a final validation: the "
                        "benchmark predicts the held-out cases itself; for the first latent model of a fold it "
-                       "includes training the shared autoencoder)"}, record)
+                       "includes training the fold's shared stages: the autoencoder, the ControlNet's prior)"}, record)
 
 
 def checkpoint_record(fold_dir: Path) -> dict[str, Any]:
@@ -95,15 +95,22 @@ def checkpoint_record(fold_dir: Path) -> dict[str, Any]:
     state = torch.load(fold_dir / FINAL, map_location="cpu", weights_only=False)
     settings = (state.get("init_args") or {}).get("settings", {})
     history = state.get("history") or {}
-    epoch_times = [float(t) for t in history.get("epoch_time", []) if t is not None and np.isfinite(t)]
+    def total(key: str) -> float | None:
+        values = [float(t) for t in history.get(key, []) if t is not None and np.isfinite(t)]
+        return sum(values) / 3600.0 if values else None
+
     epochs = int(state.get("epoch", 0))
+    train_h, val_h = total("train_time"), total("val_time")
     iterations = settings.get("iterations")
     return {"epochs": epochs, "iterations_per_epoch": iterations,
             "total_iterations": epochs * int(iterations) if iterations else None,
             "planned_epochs": settings.get("num_epochs"), "val_iterations": settings.get("val_iterations"),
             "batch_size": settings.get("batch_size"), "seed": settings.get("seed"), "device": settings.get("device"),
             "num_gpus": settings.get("num_gpus"), "plans_sha1": state.get("plans_sha1"),
-            "hours": sum(epoch_times) / 3600.0, "hours_source": "sum of per-epoch times in the checkpoint history"}
+            "hours": train_h if train_h is not None else (total("epoch_time") or 0.0), "validation_hours": val_h,
+            "hours_source": "sum of per-epoch training times in the checkpoint history (per-epoch validation "
+                            "excluded, in validation_hours)" if train_h is not None else
+                            "sum of per-epoch times in the checkpoint history (validation included)"}
 
 
 # --- cases ---------------------------------------------------------------------------------------------
@@ -185,8 +192,9 @@ def predict(task: Task, cases: list[Any]) -> dict[str, Any]:
 
 # --- evaluation ----------------------------------------------------------------------------------------
 def _reference_folder(task: Task, cases: list[Any], plans: Any) -> Path:
-    """References in the unit predictions are exported in: HU/SUV as raw; MR in the plan's normalized scale
-    (each case's own percentile parameters, as the training's final validation scores it)."""
+    """References in the unit predictions are exported in: HU/SUV as raw; MR in the plan's output scale
+    (``raw_to_output_scale`` with each case's own percentile parameters, unclipped, as the training's final
+    validation scores it)."""
     from autotrans.io import read_image, write_image
     from autotrans.preprocessing.store import PreprocessedCase
 
@@ -200,7 +208,7 @@ def _reference_folder(task: Task, cases: list[Any], plans: Any) -> Path:
             continue
         arr, geo = read_image(c.target)
         params = PreprocessedCase(data_dir, c.case_id).properties["target_normalization_params"]
-        write_image(norm.forward(arr, params).astype(np.float32), geo, dst)
+        write_image(norm.raw_to_output_scale(arr, params), geo, dst)
     return ref
 
 
@@ -256,12 +264,12 @@ def run_task(task: Task) -> dict[str, Any]:
     training = checkpoint_record(task.results_fold_dir)
     rec_file = task.folder / "training.json"
     training["wall_s_benchmark"] = load_json(rec_file)["wall_s"] if rec_file.is_file() else None
-    if getattr(get_family(task.model), "requires_autoencoder", False):
-        from autotrans.results import model_folder_name
+    from autotrans.results import model_folder_name
 
-        ae = results_root() / task.dataset / model_folder_name("autoencoder", g.plans_name, g.configuration)
-        if (ae / f"fold_{task.fold}" / FINAL).is_file():
-            training["autoencoder"] = checkpoint_record(ae / f"fold_{task.fold}")
+    for stage, _ in get_family(task.model).dependencies:  # the fold's shared stages, each with its own hours
+        folder = results_root() / task.dataset / model_folder_name(stage, g.plans_name, g.configuration)
+        if (folder / f"fold_{task.fold}" / FINAL).is_file():
+            training.setdefault("stages", {})[stage] = checkpoint_record(folder / f"fold_{task.fold}")
     result = {
         "dataset": task.dataset, "model": task.model, "fold": task.fold, "configuration": g.configuration,
         "plans_name": g.plans_name, "modality": plans.target_modality,

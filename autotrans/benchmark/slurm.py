@@ -1,9 +1,10 @@
 """``--emit_slurm DIR``: the grid as SLURM jobs instead of running it here.
 
-Four jobs chained by dependencies (``submit.sh`` submits them): ``prepare`` (plan + preprocess every dataset,
-once), an ``autoencoder`` array when latent models are in the grid (one task per dataset x fold, so latent
-models of the same fold never race to train the shared autoencoder), the main array (one line of
-``tasks.txt`` per dataset x model x fold), and ``report`` (after the array, whatever finished). Every task
+Jobs chained by dependencies (``submit.sh`` submits them): ``prepare`` (plan + preprocess every dataset,
+once), one array per shared stage the grid's models build on, in dependency order (``autoencoder_tasks.txt``
+with latent models, then ``ldm_prior_tasks.txt`` with ``ldm_controlnet``; one task per dataset x fold, so the
+models of one fold never race to train their shared stage), the main array (one line of ``tasks.txt`` per
+dataset x model x fold), and ``report`` (after the array, whatever finished). Every task
 command is the resumable ``autotrans_benchmark`` itself, so a resubmitted array redoes only what is missing.
 """
 from __future__ import annotations
@@ -38,17 +39,19 @@ eval "$CMD"
 """
 
 SUBMIT = """#!/bin/bash
-# Submit the benchmark: prepare -> [autoencoders] -> grid array -> report. Run from anywhere.
+# Submit the benchmark: prepare -> [shared stages, in order] -> grid array -> report. Run from anywhere.
 set -euo pipefail
 cd "$(dirname "$0")"
 mkdir -p logs
 prep=$(sbatch --parsable prepare.sbatch)
 dep=$prep
-if [ -s autoencoder_tasks.txt ]; then
-    n=$(grep -c . autoencoder_tasks.txt)
-    dep=$(sbatch --parsable --dependency=afterok:$prep --array=1-$n --export=ALL,TASKS=autoencoder_tasks.txt \\
-          --job-name=autotrans_autoencoder array.sbatch)
-fi
+for stage in {stages}; do
+    if [ -s ${{stage}}_tasks.txt ]; then
+        n=$(grep -c . ${{stage}}_tasks.txt)
+        dep=$(sbatch --parsable --dependency=afterok:$dep --array=1-$n --export=ALL,TASKS=${{stage}}_tasks.txt \\
+              --job-name=autotrans_$stage array.sbatch)
+    fi
+done
 n=$(grep -c . tasks.txt)
 main=$(sbatch --parsable --dependency=afterok:$dep --array=1-$n --export=ALL,TASKS=tasks.txt array.sbatch)
 sbatch --dependency=afterany:$main report.sbatch
@@ -64,7 +67,7 @@ def _write(path: Path, text: str, executable: bool = False) -> None:
 
 
 def emit_slurm(grid: GridSpec, out_dir: str | Path, common: list[str], train_flags: list[str]) -> Path:
-    """Write ``tasks.txt``, ``autoencoder_tasks.txt``, ``array.sbatch``, ``prepare.sbatch``, ``report.sbatch``
+    """Write ``tasks.txt``, ``autoencoder_tasks.txt`` (and a task file per further shared stage), ``array.sbatch``, ``prepare.sbatch``, ``report.sbatch``
     and ``submit.sh`` into ``out_dir``; runs nothing. ``common`` are the benchmark flags every command repeats
     (configuration, plans, budget, device, output), ``train_flags`` the budget flags for ``autotrans_train``."""
     from autotrans.families.base import get_family
@@ -77,23 +80,29 @@ def emit_slurm(grid: GridSpec, out_dir: str | Path, common: list[str], train_fla
     every = ["-m", *grid.models, "-f", *grid.folds]
     lines = [q(["autotrans_benchmark", "-d", t.dataset, "-m", t.model, "-f", t.fold, *common, "--no_report"])
              for t in grid.tasks()]
-    ae_lines = []
-    if any(getattr(get_family(m), "requires_autoencoder", False) for m in grid.models):
-        for d in grid.datasets:
-            for f in grid.folds:
-                final = f"$autotrans_results/{d}/{model_folder_name('autoencoder', grid.plans_name, grid.configuration)}" \
-                        f"/fold_{f}/checkpoint_final.pth"
-                ae_lines.append(f'test -f "{final}" || ' + q(["autotrans_train", d, grid.configuration, "autoencoder",
-                                                               f, "-p", grid.plans_name, "--c", *train_flags]))
+    # the shared stages the models build on, in dependency order (autoencoder, then the ControlNet's prior);
+    # autoencoder_tasks.txt is written (empty) without latent models too
+    stages = list(dict.fromkeys(dep for m in grid.models for dep, _ in get_family(m).dependencies))
+
+    def stage_task(stage: str, d: str, f: str) -> str:
+        final = f"$autotrans_results/{d}/{model_folder_name(stage, grid.plans_name, grid.configuration)}" \
+                f"/fold_{f}/checkpoint_final.pth"
+        return f'test -f "{final}" || ' + q(["autotrans_train", d, grid.configuration, stage, f, "-p",
+                                             grid.plans_name, "--c", *train_flags])
+
+    stage_files = {"autoencoder": [], **{stage: [stage_task(stage, d, f) for d in grid.datasets for f in grid.folds]
+                                         for stage in stages}}
     gres = "#SBATCH --gres=gpu:1\n" if grid.device == "cuda" else ""
     _write(out / "tasks.txt", "\n".join(lines) + "\n")
-    _write(out / "autoencoder_tasks.txt", "\n".join(ae_lines) + ("\n" if ae_lines else ""))
+    for stage, stage_tasks in stage_files.items():
+        _write(out / f"{stage}_tasks.txt", "".join(f"{line}\n" for line in stage_tasks))
     _write(out / "array.sbatch", HEADER.format(name="autotrans_grid", time="48:00:00", gres=gres) + ARRAY_BODY)
     _write(out / "prepare.sbatch", HEADER.format(name="autotrans_prepare", time="12:00:00", gres="")
            + q(["autotrans_benchmark", *all_d, *every, *common, "--prepare_only"]) + "\n")
     _write(out / "report.sbatch", HEADER.format(name="autotrans_report", time="02:00:00", gres="")
            + q(["autotrans_benchmark", *all_d, *every, *common, "--report_only"]) + "\n")
-    _write(out / "submit.sh", SUBMIT, executable=True)
+    _write(out / "submit.sh", SUBMIT.format(stages=" ".join(stage_files)), executable=True)
+    n_stage = sum(len(t) for t in stage_files.values())
     logger.info("SLURM: %d grid task(s)%s written to %s; submit with %s", len(lines),
-                f" and {len(ae_lines)} autoencoder task(s)" if ae_lines else "", out, out / "submit.sh")
+                f" and {n_stage} shared-stage task(s)" if n_stage else "", out, out / "submit.sh")
     return out / "submit.sh"

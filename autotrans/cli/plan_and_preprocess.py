@@ -7,7 +7,7 @@ import sys
 from autotrans.cli.common import run, setup_logging
 from autotrans.planning import api
 from autotrans.planning.planner import DEFAULT_PLANS_NAME, PlannerOptions
-from autotrans.preprocessing.normalization import NormalizationDefaults
+from autotrans.preprocessing.normalization import PET_CEILING_HEADROOM, NormalizationDefaults
 
 
 def _add_dataset(p: argparse.ArgumentParser) -> None:
@@ -25,8 +25,11 @@ def _add_planner(p: argparse.ArgumentParser) -> None:
                    help="custom 3d_fullres target spacing in mm, array order (z y x)")
     p.add_argument("-overwrite_plans_name", "-plans_name", dest="plans_name", default=DEFAULT_PLANS_NAME)
     p.add_argument("--ct_window", type=float, nargs=2, metavar=("LO", "HI"), default=(-1024.0, 3071.0), help="HU window for CT/CBCT")
-    p.add_argument("--pet_transform", choices=("linear", "log1p"), default="linear")
-    p.add_argument("--pet_ceiling", type=float, default=None, help="SUV ceiling (default: fingerprint p99.9)")
+    p.add_argument("--pet_transform", choices=("linear", "log1p"), default=NormalizationDefaults.pet_transform,
+                   help=f"SUV -> [-1, 1] mapping (default {NormalizationDefaults.pet_transform})")
+    p.add_argument("--pet_ceiling", type=float, default=None,
+                   help=f"SUV mapped to +1; a target is clipped above it (default: {PET_CEILING_HEADROOM:g} x the "
+                        "largest SUV of the training cases, from the fingerprint)")
 
 
 def _options(a: argparse.Namespace) -> PlannerOptions:

@@ -16,7 +16,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dataset", help="dataset id or name (e.g. 3 or Dataset003_Name)")
     p.add_argument("configuration", help="plan configuration (e.g. 3d_fullres)")
     p.add_argument("model", help="model: pix2pix, cyclegan, srgan, ldm, ldm_controlnet, bbdm, flow_matching, "
-                   "or autoencoder (the latent models train it first when missing)")
+                   "or a shared stage: autoencoder (the latent models train it first when missing), ldm_prior "
+                   "(ldm_controlnet's frozen base, likewise)")
     p.add_argument("fold", help="fold of splits_final.json (0..N-1) or 'all'")
     p.add_argument("-p", "--plans", default="autotransPlans", help="plans name (autotransPlans)")
     p.add_argument("--c", "--continue", dest="continue_training", action="store_true",

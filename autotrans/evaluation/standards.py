@@ -43,9 +43,12 @@ class EvaluationError(AutotransError):
     """Inputs of one case cannot be scored; the message names the case."""
 
 
-def _prepare(a: np.ndarray, mask: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """Clip to [lo, hi], set outside the mask to lo, shift so the range starts at 0 (float64)."""
-    out = np.clip(a.astype(np.float64, copy=False), lo, hi)
+def _prepare(a: np.ndarray, mask: np.ndarray, lo: float, hi: float | None) -> np.ndarray:
+    """Clip to [lo, hi] (SynthRAD; ``hi=None``: no clipping, the autotrans standard), set outside the mask to
+    lo, shift so the range starts at 0 (float64)."""
+    out = a.astype(np.float64, copy=True)
+    if hi is not None:
+        np.clip(out, lo, hi, out=out)
     out[~mask] = lo
     out -= lo
     return out
@@ -81,16 +84,19 @@ def synthrad2025(ref: np.ndarray, pred: np.ndarray, mask: np.ndarray) -> dict[st
 
 
 def autotrans_standard(ref: np.ndarray, pred: np.ndarray, mask: np.ndarray, lo: float, hi: float) -> dict[str, float]:
-    """MAE/MSE on raw values inside the mask; PSNR, SSIM, MS-SSIM on the [lo, hi] range."""
+    """Every metric on the same unclipped values inside the mask. [lo, hi] only sets PSNR's peak (hi - lo),
+    SSIM's/MS-SSIM's data range (hi - lo) and the value outside the mask (lo): a reference or a prediction
+    beyond hi (a hot lesion, a bright MR lesion) is scored as it is, by all metrics alike."""
     err = _abs_err(ref, pred, mask)
-    x, y = _prepare(ref, mask, lo, hi), _prepare(pred, mask, lo, hi)
+    mse = float(np.mean(err**2))
+    x, y = _prepare(ref, mask, lo, None), _prepare(pred, mask, lo, None)
     sel = cropped_selection(mask, 3)
     mom = local_moments(x, y, sel, uniform_weights(7))
     ssim = float(ssim_from_moments(mom, hi - lo).mean(dtype=np.float64)) if sel.any() else float("nan")
     return {
         "mae": float(err.mean()),
-        "mse": float(np.mean(err**2)),
-        "psnr": _psnr(ref, pred, mask, lo, hi),
+        "mse": mse,
+        "psnr": float("inf") if mse == 0 else float(10 * np.log10((hi - lo) ** 2 / mse)),
         "ssim": ssim,
         "ms_ssim": masked_ms_ssim(x, y, mask, hi - lo, first_moments=mom),
     }

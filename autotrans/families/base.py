@@ -65,8 +65,10 @@ class Family(ABC):
     #: or prediction)
     translates: bool = True
 
-    #: whether the family needs the fold's trained ``autoencoder`` first (the latent models)
-    requires_autoencoder: bool = False
+    #: trained models this family builds on, as ``(family name, override key)``: the training run trains each
+    #: missing one first (same fold, budget and device) and passes its checkpoint's path in the override
+    #: (the latent models: the fold's ``autoencoder``; ``ldm_controlnet`` also its ``ldm_prior``)
+    dependencies: tuple[tuple[str, str], ...] = ()
 
     def __init__(self, plans: Plans, configuration: Configuration, overrides: dict[str, Any] | None = None,
                  device: torch.device | str = "cpu") -> None:
@@ -89,17 +91,10 @@ class Family(ABC):
         return section.get(key, default)
 
     # --- building -----------------------------------------------------------------------------
-    #: where the plan sizes this family's batch, as keys under the configuration's ``families`` (default: the
-    #: family's own section; the latent models share sub-sections of ``latent``)
-    batch_size_section: tuple[str, ...] = ()
-
     @classmethod
     def planned_batch_size(cls, configuration: Configuration) -> int | None:
         """The batch size the plan sized for this family (None: the configuration's U-Net batch size)."""
-        section = configuration.data.get("families", {})
-        for key in cls.batch_size_section or (cls.name,):
-            section = section.get(key, {})
-        bs = section.get("batch_size")
+        bs = configuration.data.get("families", {}).get(cls.name, {}).get("batch_size")
         return int(bs) if bs else None
 
     @abstractmethod
@@ -141,18 +136,25 @@ class Family(ABC):
                  parameters: Iterable[torch.nn.Parameter]) -> None:
         """One optimizer step: zero grads, (scaled) backward, unscale, clip, step."""
         optimizer.zero_grad(set_to_none=True)
+        self.backward(loss)
+        self.step(optimizer, parameters)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """(Scaled) backward that accumulates into the gradients: a step whose loss is a sum of terms on separate
+        graphs can backpropagate each term as soon as it is computed, so only one graph is alive at a time."""
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def step(self, optimizer: torch.optim.Optimizer, parameters: Iterable[torch.nn.Parameter]) -> None:
+        """Unscale, clip and apply the accumulated gradients."""
         params = list(parameters)
         if self.scaler is not None:
-            self.scaler.scale(loss).backward()
             self.scaler.unscale_(optimizer)
-            if self.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+        if self.scaler is not None:
             self.scaler.step(optimizer)
             self.scaler.update()
         else:
-            loss.backward()
-            if self.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
             optimizer.step()
 
     def train_state_dict(self) -> dict[str, Any]:
@@ -178,6 +180,11 @@ class Family(ABC):
 
     def validation_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         raise NotImplementedError(f"{self.name}: validation is not implemented")
+
+    def validation_prediction_limit(self) -> int | None:
+        """How many validation batches per epoch ``validation_prediction`` serves (None: all; the latent models
+        sample only a few, cheaply: see their ``val_sampling_*`` hyperparameters)."""
+        return None
 
     def validation_prediction(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """What the engine compares with ``batch["target"]`` in physical units each epoch (default: the

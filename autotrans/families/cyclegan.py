@@ -126,34 +126,49 @@ class CycleGANFamily(Family):
         return batch["source"].to(self.device), batch["target"].to(self.device), dev("source_mask"), dev("target_mask")
 
     def train_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
+        """Paper Eq. 3 + identity, one optimizer step per side. The generator loss is a sum of terms on separate
+        graphs, so each cycle is backpropagated as soon as it is computed (same gradients, one cycle's graph
+        alive at a time: the memory the plan counts)."""
         a, b, mask_a, mask_b = self._inputs(batch)
         lam = float(self.hparam("lambda_cycle", DEFAULTS["lambda_cycle"]))
         lam_id = float(self.hparam("lambda_identity", DEFAULTS["lambda_identity"]))
         nets_d = [self.d_a, self.d_b]
+        g_params = list(itertools.chain(self.g_ab.parameters(), self.g_ba.parameters()))
+        opt_g = self._optimizers["generators"]
+        opt_g.zero_grad(set_to_none=True)
         # G step (both generators, one optimizer), discriminators frozen and called unwrapped
         set_requires_grad(nets_d, False)
         try:
-            with self.autocast():
+            with self.autocast():  # a -> fake_b -> rec_a, judged by D_B
                 fake_b = self.g_ab(a)
+                adv_b = lsgan_loss(unwrap(self.d_b)(fake_b), True)
+                cycle_a = masked_l1(self.g_ba(fake_b), a, mask_a)
+            self.backward(adv_b + lam * cycle_a)
+            with self.autocast():  # b -> fake_a -> rec_b, judged by D_A
                 fake_a = self.g_ba(b)
-                rec_a = self.g_ba(fake_b)
-                rec_b = self.g_ab(fake_a)
-                adv = lsgan_loss(unwrap(self.d_b)(fake_b), True) + lsgan_loss(unwrap(self.d_a)(fake_a), True)
-                idt = torch.zeros((), device=self.device)
-                if self.use_identity:
+                adv_a = lsgan_loss(unwrap(self.d_a)(fake_a), True)
+                cycle_b = masked_l1(self.g_ab(fake_a), b, mask_b)
+            self.backward(adv_a + lam * cycle_b)
+            idt = torch.zeros((), device=self.device)
+            if self.use_identity:
+                with self.autocast():
                     idt = masked_l1(self.g_ab(b), b, mask_b) + masked_l1(self.g_ba(a), a, mask_a)
-            cycle = masked_l1(rec_a, a, mask_a) + masked_l1(rec_b, b, mask_b)
-            loss_g = adv + lam * cycle + lam * lam_id * idt
-            self.optimize(loss_g, self._optimizers["generators"],
-                          itertools.chain(self.g_ab.parameters(), self.g_ba.parameters()))
+                self.backward(lam * lam_id * idt)
+            self.step(opt_g, g_params)
         finally:
             set_requires_grad(nets_d, True)
-        # D step on pooled, detached fakes; real and fake in one forward per discriminator
+        adv, cycle = adv_a + adv_b, cycle_a + cycle_b
+        loss_g = adv + lam * cycle + lam * lam_id * idt
+        # D step on pooled, detached fakes; each discriminator's graph backpropagated on its own
+        opt_d = self._optimizers["discriminators"]
+        opt_d.zero_grad(set_to_none=True)
         with self.autocast():
-            loss_da = _d_loss(self.d_a, a, self.pool_a.query(fake_a))
-            loss_db = _d_loss(self.d_b, b, self.pool_b.query(fake_b))
-        self.optimize(loss_da + loss_db, self._optimizers["discriminators"],
-                      itertools.chain(self.d_a.parameters(), self.d_b.parameters()))
+            loss_da = _d_loss(self.d_a, a, self.pool_a.query(fake_a.detach()))
+        self.backward(loss_da)
+        with self.autocast():
+            loss_db = _d_loss(self.d_b, b, self.pool_b.query(fake_b.detach()))
+        self.backward(loss_db)
+        self.step(opt_d, itertools.chain(self.d_a.parameters(), self.d_b.parameters()))
         return {"loss_g": loss_g.item(), "loss_g_adv": adv.item(), "loss_cycle": cycle.item(),
                 "loss_identity": idt.item(), "loss_d_a": loss_da.item(), "loss_d_b": loss_db.item()}
 

@@ -8,12 +8,19 @@ VGG-loss rescaling factor). ``L_adv`` is the non-saturating BCE of the paper (Eq
 so ``L_perc`` is the L1 distance between the discriminator's stage features of target and fake
 (feature matching, pix2pixHD Eq. 4; D frozen during the G step), or between the features of a user-supplied
 3D network (``perceptual_weights``: a file written with ``torch.jit.save``, or a ``torch.export`` program
-saved as ``.pt2``; its forward returns a tensor or a list of tensors). The first ``warmup_epochs`` epochs train G on the content loss alone
-(SRResNet pre-training, paper Sec. 3.2) and leave D untouched. Adam 1e-4, betas (0.9, 0.999), constant LR.
+saved as ``.pt2``; its forward returns a tensor or a list of tensors).
+
+Schedule within the run's budget, in the paper's proportions (Sec. 3.2: 10^6 SRResNet iterations, then 10^5
+GAN iterations at 1e-4 and 10^5 at 1e-5): the first ``pretrain_fraction`` (5/6) of the epochs train G on the
+content loss alone (SRResNet pre-training; D untouched), the GAN phase follows with the learning rates divided
+by 10 for its second half (``gan_lr_drop``). A run of two or more epochs keeps at least one GAN epoch; a
+one-epoch run has room for one phase only and trains the GAN. Adam, betas (0.9, 0.999).
 """
 from __future__ import annotations
 
 import logging
+import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +28,7 @@ import torch
 
 from autotrans.errors import ConfigurationError
 from autotrans.families.base import Family, unwrap, register_family
+from autotrans.families.pix2pix import sync_scheduled_lrs
 from autotrans.families.losses import (
     bce_loss,
     evaluating,
@@ -41,7 +49,9 @@ DEFAULTS: dict[str, Any] = {
     "perceptual_weight": 6e-3,
     "perceptual_weights": None,
     "adversarial": "bce",
-    "warmup_epochs": 2,
+    "num_epochs": 1000,
+    "pretrain_fraction": 5 / 6,
+    "gan_lr_drop": 0.1,
     "lr_g": 1e-4,
     "lr_d": 1e-4,
     "betas": (0.9, 0.999),
@@ -91,6 +101,7 @@ class SRGANFamily(Family):
                                                      spectral_norm=bool(hp["spectral_norm"])).to(self.device)
         self.feature_net: torch.nn.Module | None = None
         self._optimizers: dict[str, torch.optim.Optimizer] = {}
+        self._schedulers: dict[str, Any] = {}
 
     def resolved_hparams(self) -> dict[str, Any]:
         """Every hyperparameter key of this family with the value this run uses (written to the results)."""
@@ -106,15 +117,36 @@ class SRGANFamily(Family):
             "generator": torch.optim.Adam(self.generator.parameters(), lr=float(hp["lr_g"]), betas=betas),
             "discriminator": torch.optim.Adam(self.discriminator.parameters(), lr=float(hp["lr_d"]), betas=betas),
         }
+        n, pre, drop = int(hp["num_epochs"]), self.pretrain_epochs(), float(hp["gan_lr_drop"])
+        drop_epoch = pre + math.ceil((n - pre) / 2)
+        self._schedulers = {k: torch.optim.lr_scheduler.LambdaLR(o, lambda e: drop if e >= drop_epoch else 1.0)
+                            for k, o in self._optimizers.items()}
         if hp["perceptual_weights"]:  # training only: inference never needs the feature network
             self.feature_net = load_feature_network(hp["perceptual_weights"], self.device)
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return self._optimizers
 
+    def pretrain_epochs(self) -> int:
+        """Content-only epochs: ``pretrain_fraction`` of the run, leaving at least one GAN epoch."""
+        n = int(self.hparam("num_epochs", DEFAULTS["num_epochs"]))
+        return min(round(float(self.hparam("pretrain_fraction", DEFAULTS["pretrain_fraction"])) * n), max(n - 1, 0))
+
     @property
     def warming_up(self) -> bool:
-        return self.epoch < int(self.hparam("warmup_epochs", DEFAULTS["warmup_epochs"]))
+        return self.epoch < self.pretrain_epochs()
+
+    def schedulers(self) -> dict[str, Any]:
+        return self._schedulers
+
+    def on_epoch_end(self, epoch: int, num_epochs: int) -> None:
+        with warnings.catch_warnings():  # pre-training never steps D's optimizer; its constant schedule may step
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+            super().on_epoch_end(epoch, num_epochs)
+
+    def load_train_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_train_state_dict(state)
+        sync_scheduled_lrs(self._schedulers)
 
     def _inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         mask = batch.get("mask")

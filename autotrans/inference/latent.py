@@ -25,7 +25,8 @@ tile: ``sample_latent(z_tile, noise_tile, generator, source_image=image_tile)``,
 source at image resolution (``latent tile * f``), exactly aligned. The image rides along in the latent window
 folded into ``C * f**3`` channels at latent resolution (a 3D pixel unshuffle: no extra memory beyond one copy).
 
-Mirror TTA is not applied: it would multiply the sampling cost by up to 8 for a stochastic output.
+Mirror test-time augmentation is the predictor's (``autotrans.inference.predictor``): it runs this whole chain once
+per mirrored volume and averages, as it averages mirrored tiles for the other families.
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ from typing import Any, Callable
 import torch
 
 from autotrans.inference.windows import sliding_window, tile_slices
+from autotrans.networks.shuffle import pixel_shuffle_3d, pixel_unshuffle_3d
 
 logger = logging.getLogger(__name__)
 
@@ -71,17 +73,12 @@ def _runner(fn: Callable[[torch.Tensor], torch.Tensor], device: torch.device, bf
 
 def space_to_depth(x: torch.Tensor, f: int) -> torch.Tensor:
     """``(C, D, H, W)`` with sizes multiples of ``f`` -> ``(C * f**3, D/f, H/f, W/f)`` (3D pixel unshuffle)."""
-    c, d, h, w = x.shape
-    x = x.reshape(c, d // f, f, h // f, f, w // f, f).permute(0, 2, 4, 6, 1, 3, 5)
-    return x.reshape(c * f ** 3, d // f, h // f, w // f)
+    return pixel_unshuffle_3d(x[None], (f, f, f))[0]
 
 
 def depth_to_space(x: torch.Tensor, f: int) -> torch.Tensor:
     """Inverse of ``space_to_depth`` for a batch: ``(N, C * f**3, d, h, w)`` -> ``(N, C, d*f, h*f, w*f)``."""
-    n, cf, d, h, w = x.shape
-    c = cf // f ** 3
-    x = x.reshape(n, c, f, f, f, d, h, w).permute(0, 1, 5, 2, 6, 3, 7, 4)
-    return x.reshape(n, c, d * f, h * f, w * f)
+    return pixel_shuffle_3d(x, (f, f, f))
 
 
 def latent_padding(shape: tuple[int, ...] | list[int], factor: int, image_patch: list[int]) -> list[tuple[int, int]]:

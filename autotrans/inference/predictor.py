@@ -4,14 +4,21 @@
 ``export_prediction`` (the preprocessor's exact inverse), so training, preprocessing and inference share one
 definition of every transform.
 
-Ensembling: folds are averaged in the normalized space the networks predict in, then inverted once (nnU-Net
-averages probabilities before argmax for the same reason: the average of a nonlinear inverse is biased).
-The optional uncertainty is the per-voxel standard deviation across folds *after* inversion, i.e. in HU,
-SUV or the plan's MR scale, which is what a reader of the map needs.
+One protocol for every family:
 
-Latent families (``family.latent``) go through ``predict_latent_volume`` (encode, latent sampling window with
-one noise draw per case, decode; no mirror TTA), every other family through ``sliding_window``. Each case's
-per-fold timings are kept in ``Predictor.timings`` (``predict_folder`` writes them to ``timings.json``).
+- Mirror test-time augmentation (on by default, ``tta=False`` / ``--disable_tta`` for all): the average of the
+  predictions of every mirrored input over the axes the model trained with mirroring. Sliding-window families
+  mirror each tile; latent families (``family.latent``, whose window runs in latent space) run their whole
+  chain — encode, latent sampling window with one noise draw per case and pass, decode — once per mirrored
+  volume. Either way each mirror costs one full prediction and is averaged the same way.
+- Fold ensembling in physical units: each fold's prediction is exported (inverted to HU / SUV / the plan's MR
+  scale, resampled, un-cropped) and the exports are averaged. With a nonlinear inverse (log1p PET) the mean of
+  the physical values is the MSE-optimal combination of the folds; the inverse of a normalized mean is biased
+  low (5 and 15 SUV would give 8.8). The optional uncertainty is the per-voxel standard deviation of the same
+  exports, in the same unit.
+
+Each case's per-fold timings are kept in ``Predictor.timings`` (``predict_folder`` writes them to
+``timings.json``).
 """
 from __future__ import annotations
 
@@ -45,7 +52,7 @@ class PredictorSettings:
 
     step_size: float = 0.5
     blend: str = "gaussian"
-    tta: bool = True  # mirror TTA, used only where the checkpoint says the model trained with mirroring
+    tta: bool = True  # mirror TTA for every family, over the axes the checkpoint says the model trained mirrored
     seed: int = 0
     batch_size: int = 1
     device: str = "cpu"
@@ -104,7 +111,6 @@ class Predictor:
         self.device = torch.device(self.settings.device)
         #: case id -> fold -> timings of the last ``predict_folds`` of that case (seconds; see ``predict_folds``)
         self.timings: dict[str, dict[str, dict[str, Any]]] = {}
-        self._tta_note_logged = False
 
     @property
     def plans(self) -> Plans:
@@ -142,9 +148,7 @@ class Predictor:
             gen = case_generator(s.seed, case_id, fold.fold, fold.family.device) if fold.family.stochastic else None
             start = clock(self.device)
             if is_latent(fold.family):
-                self._note_no_tta(fold)
-                pred, timing = predict_latent_volume(volume, fold.family, s.step_size, s.blend, s.batch_size,
-                                                     self._pad_value(), self.device, gen, s.bf16)
+                pred, timing = self._predict_latent(volume, fold, gen)
             else:
                 pred = sliding_window(volume, make_patch_fn(fold, s.tta, s.bf16, gen), cfg.patch_size, s.step_size,
                                       s.blend, s.batch_size, self._pad_value(), self.device, generator=gen)
@@ -155,18 +159,32 @@ class Predictor:
         self.timings[case_id] = case_timings
         return out
 
+    def _predict_latent(self, volume: torch.Tensor, fold: LoadedFold, generator: torch.Generator | None
+                        ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The latent chain once per mirrored volume (see the module docstring), averaged; timings summed."""
+        s = self.settings
+        flips = mirror_combinations(fold.mirror_axes) if s.tta and fold.mirror_axes else [()]
+        total: torch.Tensor | None = None
+        timings: dict[str, Any] = {}
+        for axes in flips:
+            dims = [a + 1 for a in axes]  # (C, D, H, W): spatial axes start at 1
+            vol = torch.flip(volume, dims) if dims else volume
+            pred, t = predict_latent_volume(vol, fold.family, s.step_size, s.blend, s.batch_size, self._pad_value(),
+                                            self.device, generator, s.bf16)
+            pred = torch.flip(pred, dims) if dims else pred
+            total = pred if total is None else total + pred
+            for k, v in t.items():
+                timings[k] = timings.get(k, 0) + v if k.endswith("_s") else v
+        timings["mirror_passes"] = len(flips)
+        assert total is not None
+        return total / len(flips), timings
+
     def describe_device(self) -> str:
         """The compute device for reports, with the GPU's name where there is one (``cuda:0 (NVIDIA H100 ...)``)."""
         if self.device.type == "cuda" and torch.cuda.is_available():
             index = self.device.index if self.device.index is not None else torch.cuda.current_device()
             return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
         return str(self.device)
-
-    def _note_no_tta(self, fold: LoadedFold) -> None:
-        if self.settings.tta and fold.mirror_axes and not self._tta_note_logged:
-            logger.debug("latent family %s: mirror TTA is not applied (it would multiply the sampling cost by up "
-                         "to %d)", fold.family.name, 2 ** len(fold.mirror_axes))
-            self._tta_note_logged = True
 
     def _pad_value(self) -> float:
         """Padding is in the *source* space: channel 0's normalized air (all schemes use -1 today)."""
@@ -216,23 +234,25 @@ def _as_array(item: sitk.Image | str | os.PathLike) -> tuple[np.ndarray, Geometr
 
 def export_ensemble(preds: list[np.ndarray], properties: dict[str, Any], plans: Plans, cfg: Configuration,
                     invert: bool, with_std: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """Mean over folds in normalized space, inverted once; std across the folds' inverted exports (Welford)."""
-    mean = np.mean(np.stack(preds), axis=0) if len(preds) > 1 else preds[0]
-    exported = export_prediction(mean, properties, plans, cfg, invert=invert)
-    if not with_std:
-        return exported, None
-    if len(preds) < 2:
-        logger.warning("%s: uncertainty needs at least two folds; the std map is all zeros",
-                       properties.get("case", "case"))
-        return exported, np.zeros_like(exported)
-    avg = np.zeros(exported.shape, dtype=np.float64)
-    m2 = np.zeros(exported.shape, dtype=np.float64)
+    """Each fold exported in physical units, then averaged; std across the same exports (Welford)."""
+    avg: np.ndarray | None = None
+    m2: np.ndarray | None = None
     for k, p in enumerate(preds, 1):
         x = export_prediction(p, properties, plans, cfg, invert=invert).astype(np.float64)
+        if avg is None:
+            avg, m2 = x, np.zeros(x.shape, dtype=np.float64)
+            continue
         delta = x - avg
         avg += delta / k
         m2 += delta * (x - avg)
-    return exported, np.sqrt(m2 / len(preds)).astype(np.float32)
+    assert avg is not None and m2 is not None
+    mean = avg.astype(np.float32)
+    if not with_std:
+        return mean, None
+    if len(preds) < 2:
+        logger.warning("%s: uncertainty needs at least two folds; the std map is all zeros",
+                       properties.get("case", "case"))
+    return mean, np.sqrt(m2 / len(preds)).astype(np.float32)
 
 
 def output_paths(out_dir: Path, case_id: str, ending: str) -> tuple[Path, Path]:

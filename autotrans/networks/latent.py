@@ -86,11 +86,28 @@ def _unet_kwargs(section: dict[str, Any]) -> dict[str, Any]:
     heads = int(section.get("num_head_channels", 32))
     return dict(spatial_dims=3, channels=channels, attention_levels=[bool(a) for a in section["attention_levels"]],
                 num_res_blocks=int(section.get("num_res_blocks", 2)), norm_num_groups=_groups(channels),
-                num_head_channels=[min(heads, c) for c in channels])
+                num_head_channels=[max(d for d in range(1, min(heads, c) + 1) if c % d == 0) for c in channels],
+                use_flash_attention=True)
 
 
 def build_diffusion_unet(section: dict[str, Any], in_channels: int, out_channels: int) -> DiffusionModelUNet:
+    """MONAI's diffusion U-Net with the planned sizes; attention runs through PyTorch's fused SDPA kernels
+    (``use_flash_attention``), whose memory grows with the token count, not its square."""
     return DiffusionModelUNet(in_channels=in_channels, out_channels=out_channels, **_unet_kwargs(section))
+
+
+#: what each latent model's denoiser sees, in latent channels per modality: its own state x_t plus the latents
+#: of the source channels it is conditioned on (0: unconditional; the ControlNet conditions on the image)
+CONDITIONED_ON_SOURCE_LATENTS = {"ldm": True, "bbdm": True, "flow_matching": True, "ldm_prior": False,
+                                 "ldm_controlnet": False}
+
+
+def denoiser_channels(model: str, latent_channels: int, source_channels: int) -> tuple[int, int]:
+    """(in, out) channels of a latent model's diffusion U-Net: ``[x_t, z_source_0, ..., z_source_C-1]`` for the
+    source-conditioned models (one latent per source channel, all from the shared autoencoder), ``x_t`` alone
+    for the unconditional prior the ControlNet steers."""
+    cond = source_channels if CONDITIONED_ON_SOURCE_LATENTS[model] else 0
+    return (1 + cond) * latent_channels, latent_channels
 
 
 def build_controlnet(section: dict[str, Any], latent_channels: int, condition_channels: int,

@@ -109,3 +109,24 @@ def build_planned_unet(architecture: dict[str, Any], in_channels: int, out_chann
     _drop_unused_heads(net)
     logger.debug("built %s (%d -> %d channels, %s output)", cls.__name__, in_channels, out_channels, activation)
     return PlannedGenerator(net, activation)
+
+
+def unet_receptive_field(arch_kwargs: dict[str, Any]) -> list[int]:
+    """Per-axis receptive field (voxels) of a planned PlainConvUNet output voxel: down the encoder (each conv
+    adds ``(k - 1) * jump``, a strided conv multiplies the jump), back up the decoder (a transposed conv with
+    kernel = stride adds nothing and divides the jump, then the stage's convs add theirs)."""
+    kernels = [list(k) for k in arch_kwargs["kernel_sizes"]]
+    strides = [list(s) for s in arch_kwargs["strides"]]
+    n_conv = list(arch_kwargs["n_conv_per_stage"])
+    n_dec = list(arch_kwargs["n_conv_per_stage_decoder"])
+    rf, jump = [1, 1, 1], [1, 1, 1]
+    for k, s, n in zip(kernels, strides, n_conv):
+        for i in range(n):
+            rf = [r + (kk - 1) * j for r, kk, j in zip(rf, k, jump)]
+            if i == 0:
+                jump = [j * ss for j, ss in zip(jump, s)]
+    for stage in range(len(kernels) - 2, -1, -1):
+        jump = [j // ss for j, ss in zip(jump, strides[stage + 1])]
+        for _ in range(n_dec[stage]):
+            rf = [r + (kk - 1) * j for r, kk, j in zip(rf, kernels[stage], jump)]
+    return rf

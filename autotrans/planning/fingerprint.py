@@ -2,7 +2,9 @@
 
 Per case: spacing, shape, shape after cropping, and intensity statistics of every source channel and the
 target inside the mask (or the source non-background when there is no mask). Dataset-level statistics
-pool a bounded, seeded sample of foreground voxels per case, like nnU-Net, so memory stays flat.
+pool a bounded, seeded sample of foreground voxels per case, like nnU-Net, so memory stays flat. The
+per-case statistics use every foreground voxel: the normalization planner takes the PET ceiling and the MR
+target headroom from the per-case maxima (``case_statistics``), which a voxel sample can miss.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ FINGERPRINT_VERSION = 1
 
 
 def intensity_stats(values: np.ndarray) -> dict[str, float]:
-    """Statistics nnU-Net records plus p99.9 (the PET ceiling) for a 1D array of foreground voxels."""
+    """Statistics nnU-Net records plus p99.9 for a 1D array of foreground voxels."""
     if values.size == 0:
         return {k: float("nan") for k in ("mean", "std", "median", "min", "max", "percentile_00_5", "percentile_99_5", "percentile_99_9")}
     v = values.astype(np.float64, copy=False)
@@ -128,6 +130,18 @@ def extract_fingerprint(cases: dict[str, CaseFiles], dj: DatasetJson, num_proces
         "has_masks": all(r["has_mask"] for r in per_case),
         "has_lesions": any(r["has_lesions"] for r in per_case),
     }
+
+
+def case_statistics(fingerprint: dict[str, Any], key: str) -> list[dict[str, float]]:
+    """Per-case intensity statistics of one channel (``"0"``, ``"1"``, ...) or of ``"target"``, over the cases
+    that have it (sorted by case id); empty for a fingerprint without per-case entries."""
+    out = []
+    for case in sorted(fingerprint.get("cases", {})):
+        entry = fingerprint["cases"][case]
+        stats = entry.get("target") if key == "target" else entry.get("channels", {}).get(key)
+        if stats:
+            out.append(stats)
+    return out
 
 
 def fingerprint_path(preprocessed_dataset_dir: Path) -> Path:

@@ -20,6 +20,7 @@ from autotrans import __version__
 from autotrans.dataset.format import DatasetJson
 from autotrans.planning.families import plan_families
 from autotrans.planning.topology import pool_and_conv_props
+from autotrans.planning.fingerprint import case_statistics
 from autotrans.preprocessing.normalization import NormalizationDefaults, plan_normalization
 
 logger = logging.getLogger(__name__)
@@ -199,14 +200,13 @@ def plan_experiment(fingerprint: dict[str, Any], dj: DatasetJson, dataset_name: 
     for cfg in configurations.values():
         cfg["resampling"] = _resampling()
         n_vox_cfg = float(np.prod(cfg["median_image_size_in_voxels"], dtype=np.float64) * len(fingerprint["spacings"]))
-        cfg["families"] = plan_families(cfg["patch_size"], dj.num_channels, options.output_channels,
-                                        cfg["architecture"]["feature_map_voxels"],
-                                        cfg["memory_reference_feature_map_voxels"], n_vox_cfg)
+        cfg["families"] = plan_families(cfg, dj.num_channels, options.output_channels, n_vox_cfg, gb)
     fg_props = fingerprint["foreground_intensity_properties_per_channel"]
-    norm_src = [plan_normalization(c.modality, fg_props.get(str(i)), False, options.normalization).to_dict()
+    norm_src = [plan_normalization(c.modality, fg_props.get(str(i)), False, options.normalization,
+                                   case_statistics(fingerprint, str(i))).to_dict()
                 for i, c in enumerate(dj.source_channels)]
     norm_tgt = plan_normalization(dj.target.modality, fingerprint.get("target_intensity_properties"), True,
-                                  options.normalization).to_dict()
+                                  options.normalization, case_statistics(fingerprint, "target")).to_dict()
     return {
         "dataset_name": dataset_name,
         "plans_name": options.plans_name,

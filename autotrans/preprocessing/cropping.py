@@ -4,6 +4,10 @@ Only source channels decide the crop without a mask, because inference has no ta
 inference then crop by the same rule. For MR and PET, non-background is "not 0" (nnU-Net's rule, so
 the planner sees the shapes nnU-Net would); for CT/CBCT, where air is about -1000 HU and never 0, it is
 "above a body threshold" (default -500 HU).
+
+``nonbackground_mask`` of the whole source is also the region a source channel's per-case normalization
+parameters (MR percentiles) are fitted on, with or without a mask: inference can compute it, so training
+and inference give a case the same source parameters.
 """
 from __future__ import annotations
 

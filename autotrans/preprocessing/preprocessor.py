@@ -1,7 +1,11 @@
 """Per-case preprocessing: crop -> normalize -> transpose -> resample -> store; and its exact inverse.
 
 Inference imports ``preprocess_arrays`` and ``export_prediction`` from here: one implementation, so a
-model sees at prediction time exactly what it saw in training.
+model sees at prediction time exactly what it saw in training. Per-case normalization parameters of a
+*source* channel are fitted on the source's own non-background over the whole image (never the mask),
+because inference has no mask: a case gets the same source parameters in training and at inference.
+Voxels the normalization clips are counted per case (``clipped_voxels`` in the case's JSON) and
+``preprocess_dataset`` warns once about cases whose target was clipped inside the foreground.
 """
 from __future__ import annotations
 
@@ -22,7 +26,8 @@ from autotrans.utils.parallel import pool_context
 from autotrans.io import Geometry
 from autotrans.planning.plans import Configuration, Plans
 from autotrans.planning.planner import compute_new_shape
-from autotrans.preprocessing.cropping import crop_region, crop_slices
+from autotrans.preprocessing.cropping import crop_region, crop_slices, nonbackground_mask
+from autotrans.preprocessing.normalization import Normalization
 from autotrans.preprocessing.resampling import resample_channels, resample_volume
 from autotrans.preprocessing import store
 from autotrans.utils.files import load_json
@@ -41,17 +46,34 @@ def config_hash(plans: Plans, cfg: Configuration) -> str:
         "transpose": plans.transpose_forward,
         "normalization": plans.data["normalization"],
         "crop": plans.data.get("crop"),
-        "version": 1,
+        "version": 2,  # 2: source parameters on the source's non-background; clipped voxels counted
     }
     return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
 
 
+def clipped_counts(x: np.ndarray, foreground: np.ndarray, norm: Normalization,
+                   params: dict[str, float] | None) -> dict[str, int]:
+    """Voxels of ``x`` (raw) that ``norm.forward`` clips, below and above, in all of ``x`` and inside ``foreground``."""
+    lo, hi = norm.clip_bounds(params or None)
+    out = {}
+    for side, bound, op in (("below", lo, np.less), ("above", hi, np.greater)):
+        hit = op(x, bound) if bound is not None else None
+        out[side] = int(hit.sum()) if hit is not None else 0
+        out[f"{side}_in_foreground"] = int((hit & foreground).sum()) if hit is not None else 0
+    return out
+
+
 def preprocess_arrays(source: np.ndarray, geometry: Geometry, plans: Plans, cfg: Configuration,
                       mask: np.ndarray | None = None, target: np.ndarray | None = None,
-                      lesions: np.ndarray | None = None) -> tuple[dict[str, np.ndarray | None], dict[str, Any]]:
+                      lesions: np.ndarray | None = None, *, fit_source_on_foreground: bool = False
+                      ) -> tuple[dict[str, np.ndarray | None], dict[str, Any]]:
     """Preprocess one case held in memory. ``source`` is ``(C, z, y, x)`` in the file's array order.
 
     Returns arrays in the plan's transposed, resampled grid and the properties needed to invert.
+    Per-case parameters: a source channel's from the source's non-background over the whole image (the
+    same with or without a mask), the target's from the foreground (the mask, else that non-background).
+    ``fit_source_on_foreground`` fits the source on the foreground instead: for target-only cases, whose
+    "source" is the target. ``properties["clipped_voxels"]`` counts what the normalization clipped.
     """
     if source.ndim != 4:
         raise ValueError(f"source must be (C, z, y, x), got shape {source.shape}")
@@ -59,19 +81,31 @@ def preprocess_arrays(source: np.ndarray, geometry: Geometry, plans: Plans, cfg:
     sl = crop_slices(box)
     src = source[(slice(None),) + sl]
     fg_c = fg[sl]
+    src_fit: np.ndarray | None = None  # the source's own non-background, whole image (computed when needed)
     src_params = []
+    src_clipped = []
     normalized = np.empty(src.shape, dtype=np.float32)
     for c, norm in enumerate(plans.source_normalization):
-        params = norm.fit_case(src[c][fg_c]) if norm.per_case else {}
+        params: dict[str, float] = {}
+        if norm.per_case:
+            if fit_source_on_foreground:
+                params = norm.fit_case(src[c][fg_c])
+            else:
+                if src_fit is None:
+                    src_fit = fg if mask is None else nonbackground_mask(source, plans.source_modalities)
+                params = norm.fit_case(source[c][src_fit])
         normalized[c] = norm.forward(src[c], params)
         src_params.append(params)
+        src_clipped.append(clipped_counts(src[c], fg_c, norm, params))
     tgt_params: dict[str, float] = {}
     tgt = None
+    tgt_clipped = None
     if target is not None:
         t = target[sl]
         tn = plans.target_normalization
         tgt_params = tn.fit_case(t[fg_c]) if tn.per_case else {}
         tgt = tn.forward(t, tgt_params)[None]
+        tgt_clipped = clipped_counts(t, fg_c, tn, tgt_params)
     tf = plans.transpose_forward
     spacing_zyx = list(geometry.spacing_zyx)
     spacing_t = [spacing_zyx[a] for a in tf]
@@ -103,6 +137,7 @@ def preprocess_arrays(source: np.ndarray, geometry: Geometry, plans: Plans, cfg:
         "transpose_forward": tf,
         "source_normalization_params": src_params,
         "target_normalization_params": tgt_params,
+        "clipped_voxels": {"source": src_clipped, "target": tgt_clipped},
     }
     return out, properties
 
@@ -128,39 +163,45 @@ def sample_locations(mask: np.ndarray | None, lesions: np.ndarray | None, seed: 
     return out
 
 
-def _preprocess_one(args: tuple[CaseFiles, DatasetJson, Plans, str, Path, str]) -> tuple[str, list[tuple[str, str]]]:
+def _preprocess_one(args: tuple[CaseFiles, DatasetJson, Plans, str, Path, str]
+                    ) -> tuple[str, list[tuple[str, str]], dict[str, int] | None]:
+    """(case, problems, the target's clipped-voxel counts or None)."""
     cf, dj, plans, cfg_name, out_dir, chash = args
     arrays, problems = load_case(cf, dj)
     if arrays is None:
-        return cf.case_id, problems
-    return cf.case_id, _preprocess_loaded(arrays, plans, plans.configuration(cfg_name), out_dir, chash)
+        return cf.case_id, problems, None
+    problems, props = _preprocess_loaded(arrays, plans, plans.configuration(cfg_name), out_dir, chash)
+    return cf.case_id, problems, (props or {}).get("clipped_voxels", {}).get("target")
 
 
-def _preprocess_loaded(a: CaseArrays, plans: Plans, cfg: Configuration, out_dir: Path, chash: str) -> list[tuple[str, str]]:
+def _preprocess_loaded(a: CaseArrays, plans: Plans, cfg: Configuration, out_dir: Path, chash: str
+                       ) -> tuple[list[tuple[str, str]], dict[str, Any] | None]:
     try:
         if a.source is None:
             arrays, props = _target_only(a, plans, cfg)
         else:
             arrays, props = preprocess_arrays(a.source, a.geometry, plans, cfg, a.mask, a.target, a.lesions)
     except ValueError as e:
-        return [(a.case_id, str(e))]
+        return [(a.case_id, str(e))], None
     seed = int(hashlib.sha1(a.case_id.encode()).hexdigest()[:8], 16)
     locs = sample_locations(arrays["mask"], arrays["lesions"], seed)
     n_les = int((arrays["lesions"] > 0).sum()) if arrays["lesions"] is not None else 0
     props.update(case=a.case_id, config_hash=chash, has_source=a.source is not None,
                  has_target=a.target is not None, n_lesion_voxels=n_les)
     store.save_case(out_dir, a.case_id, arrays, locs, props, cfg.patch_size)
-    return []
+    return [], props
 
 
 def _target_only(a: CaseArrays, plans: Plans, cfg: Configuration) -> tuple[dict[str, np.ndarray | None], dict[str, Any]]:
     """Unpaired datasets: preprocess a target-only case with the target's normalization and crop rule."""
     view = Plans({**plans.data, "source_channels": [plans.data["target"]],
                   "normalization": {**plans.data["normalization"], "source": [plans.data["normalization"]["target"]]}})
-    arrays, props = preprocess_arrays(a.target[None], a.geometry, view, cfg, a.mask, None, a.lesions)
+    arrays, props = preprocess_arrays(a.target[None], a.geometry, view, cfg, a.mask, None, a.lesions,
+                                      fit_source_on_foreground=True)  # target parameters come from the foreground
     arrays["target"], arrays["source"] = arrays["source"], None
     props["target_normalization_params"] = props.pop("source_normalization_params")[0]
     props["source_normalization_params"] = []
+    props["clipped_voxels"] = {"source": [], "target": props["clipped_voxels"]["source"][0]}
     return arrays, props
 
 
@@ -185,16 +226,29 @@ def preprocess_dataset(cases: dict[str, CaseFiles], dj: DatasetJson, plans: Plan
         return []
     items = [(cases[c], dj, plans, cfg_name, out_dir, chash) for c in todo]
     problems: list[tuple[str, str]] = []
+    clipped: dict[str, dict[str, int]] = {}
     desc = f"preprocess {cfg_name}"
+
+    def collect(result: tuple[str, list[tuple[str, str]], dict[str, int] | None]) -> None:
+        case, probs, counts = result
+        problems.extend(probs)
+        if counts and counts["below_in_foreground"] + counts["above_in_foreground"] > 0:
+            clipped[case] = counts
+
     if num_processes > 1 and len(items) > 1:
         with pool_context().Pool(min(num_processes, len(items))) as pool:
-            for _, probs in tqdm(pool.imap_unordered(_preprocess_one, items), total=len(items), desc=desc, unit="case"):
-                problems += probs
+            for r in tqdm(pool.imap_unordered(_preprocess_one, items), total=len(items), desc=desc, unit="case"):
+                collect(r)
     else:
         for it in tqdm(items, desc=desc, unit="case"):
-            problems += _preprocess_one(it)[1]
+            collect(_preprocess_one(it))
     if problems:
         raise DatasetError(problems, header="preprocessing failed")
+    if clipped:
+        logger.warning("%s: the target normalization clipped foreground voxels in %d of %d case(s) (below/above): %s; "
+                       "these values cannot be predicted (see 'clipped_voxels' in each case's JSON; "
+                       "--pet_ceiling / --ct_window widen the range)", cfg_name, len(clipped), len(todo),
+                       ", ".join(f"{c} {v['below_in_foreground']}/{v['above_in_foreground']}" for c, v in sorted(clipped.items())))
     return todo
 
 
@@ -204,7 +258,9 @@ def export_prediction(pred: np.ndarray, properties: dict[str, Any], plans: Plans
 
     Order: invert the normalization, resample to the cropped shape, transpose back, un-crop (outside the
     crop: the modality's physical background). With ``invert=False`` (an MR target whose per-case scale is
-    unknown at inference) values stay in the plan's normalized output scale and the background is ``air``.
+    unknown at inference) values are mapped from network space to the plan's normalized output scale
+    (``norm.to_output_scale``: MR p0.5 -> -1, p99.5 -> +1, unclipped) and the background is
+    ``norm.output_background``.
     """
     norm = plans.target_normalization
     if invert:
@@ -214,8 +270,8 @@ def export_prediction(pred: np.ndarray, properties: dict[str, Any], plans: Plans
         values = norm.inverse(pred, normalization_params)
         background = norm.physical_background()
     else:
-        values = np.asarray(pred, dtype=np.float32)
-        background = norm.air
+        values = norm.to_output_scale(pred)
+        background = norm.output_background
     tf = properties["transpose_forward"]
     crop_shape = properties["shape_after_crop"]
     crop_shape_t = [crop_shape[a] for a in tf]

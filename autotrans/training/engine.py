@@ -24,7 +24,8 @@ from autotrans.results import save_checkpoint
 from autotrans.training import distributed as ddp
 from autotrans.training.checkpoints import BEST, FINAL, LATEST, load_pretrained, rng_state, set_rng_state
 from autotrans.training.data import FoldData, ValidationBatches, make_train_augmenter
-from autotrans.training.progress import EPOCH_TIME, VAL_MAE, VAL_MAE_EMA, VAL_PSNR, History, plot_progress, summarize_epoch
+from autotrans.training.progress import (EPOCH_TIME, TRAIN_TIME, VAL_MAE, VAL_MAE_EMA, VAL_PSNR, VAL_TIME, History,
+                                         plot_progress, summarize_epoch)
 from autotrans.training.settings import EMA_MOMENTUM, TrainSettings, mixed_precision
 from autotrans.training.validation import physical_patch_errors
 
@@ -135,9 +136,11 @@ class Trainer:
             for epoch in range(self.start_epoch, int(s.num_epochs)):
                 t0 = time.perf_counter()
                 values = self.train_epoch(stream, epoch)
+                t1 = time.perf_counter()
                 values.update(self.validate(val))
                 values.update({f"lr/{k}": float(o.param_groups[0]["lr"]) for k, o in self.family.optimizers().items()})
-                values[EPOCH_TIME] = time.perf_counter() - t0
+                t2 = time.perf_counter()
+                values.update({TRAIN_TIME: t1 - t0, VAL_TIME: t2 - t1, EPOCH_TIME: t2 - t0})
                 self.end_epoch(epoch, values)
         finally:
             if hasattr(stream, "_finish"):
@@ -178,12 +181,15 @@ class Trainer:
         errors: list[tuple[float, float]] = []
         extra: dict[str, list[float]] = defaultdict(list)
         own_step = type(self.family).validation_step is not Family.validation_step
-        for raw in val:
+        limit = self.family.validation_prediction_limit()
+        for n, raw in enumerate(val):
             batch = self.to_device(raw)
-            params = [val.cases[int(i)].properties.get("target_normalization_params") or {} for i in raw["case_index"]]
-            with self.family.autocast():
-                pred = self.family.validation_prediction(batch)
-            errors += physical_patch_errors(pred, batch["target"], batch["mask"], norm, params)
+            if limit is None or n < limit:
+                params = [val.cases[int(i)].properties.get("target_normalization_params") or {}
+                          for i in raw["case_index"]]
+                with self.family.autocast():
+                    pred = self.family.validation_prediction(batch)
+                errors += physical_patch_errors(pred, batch["target"], batch["mask"], norm, params)
             if own_step:
                 for k, v in self.family.validation_step(batch).items():
                     extra[f"val/{k}"].append(float(v))

@@ -24,6 +24,8 @@ logger = logging.getLogger(__name__)
 
 #: history keys the engine writes itself (the family's step outputs come as ``train/<name>``)
 VAL_MAE, VAL_MAE_EMA, VAL_PSNR, EPOCH_TIME = "val/mae", "val/mae_ema", "val/psnr", "epoch_time"
+#: an epoch's training and per-epoch validation seconds (EPOCH_TIME is their sum)
+TRAIN_TIME, VAL_TIME = "train_time", "val_time"
 
 
 class History:
@@ -95,9 +97,11 @@ def plot_progress(history: History, path: Path) -> None:
     ax.set_ylabel("learning rate")
     _legend(ax, "upper right")
     ax = axes[3]
-    if EPOCH_TIME in history.data:
-        ax.plot(x, history.data[EPOCH_TIME])
-    ax.set_ylabel("epoch time (s)")
+    for key, label in ((EPOCH_TIME, "epoch"), (TRAIN_TIME, "training"), (VAL_TIME, "validation")):
+        if key in history.data:
+            ax.plot(x, history.data[key], label=label)
+    ax.set_ylabel("time (s)")
+    _legend(ax, "upper right")
     ax.set_xlabel("epoch")
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:

@@ -72,34 +72,39 @@ def prepare(settings: TrainSettings) -> Prepared:
         else:
             resume_from = found[0]
             logger.info("continuing from %s (epoch %d)", found[0], found[1]["epoch"])
-    if family_cls.requires_autoencoder and "autoencoder_checkpoint" not in s.overrides:
-        s = replace(s, overrides={**s.overrides, "autoencoder_checkpoint": str(autoencoder_checkpoint(s, fold))})
+    paths = {key: str(dependency_checkpoint(dep, s, fold)) for dep, key in family_cls.dependencies
+             if key not in s.overrides}
+    if paths:
+        s = replace(s, overrides={**s.overrides, **paths})
     if s.pretrained_weights and not Path(s.pretrained_weights).is_file():
         raise ConfigurationError(f"-pretrained_weights {s.pretrained_weights}: file not found")
     return Prepared(s, fold, model_dir, fold_dir, resume_from, family_cls.__module__)
 
 
-def autoencoder_checkpoint(s: TrainSettings, fold: FoldData) -> Path:
-    """Where the fold's shared autoencoder lives (its own model folder, trained once for all latent models)."""
-    folder = results_root() / fold.folders.name / model_folder_name("autoencoder", s.plans_name, s.configuration)
+def dependency_checkpoint(model: str, s: TrainSettings, fold: FoldData) -> Path:
+    """Where a fold's shared stage lives (the autoencoder, the ControlNet's prior): its own model folder, trained
+    once and used by every model that builds on it."""
+    folder = results_root() / fold.folders.name / model_folder_name(model, s.plans_name, s.configuration)
     return folder / f"fold_{s.fold}" / FINAL
 
 
-def train_autoencoder_first(p: Prepared, requested: TrainSettings) -> None:
-    """Train the fold's autoencoder when a latent model needs it and it is missing (same budget and device;
-    the latent model's ``-o`` overrides are its own, except a perceptual network both may use)."""
-    path = Path(p.settings.overrides["autoencoder_checkpoint"])
-    if path.is_file() or p.resume_from is not None:
+def train_dependencies_first(p: Prepared, requested: TrainSettings) -> None:
+    """Train each missing stage this model builds on (same budget, device and seed; the model's ``-o``
+    overrides are its own, except a perceptual network all may use). A stage's own stages come first."""
+    if p.resume_from is not None:
         return
-    logger.info("%s needs the fold's autoencoder, which is not trained yet: training it first (%s)",
-                p.settings.model, path.parent.parent.name)
-    keep = {k: v for k, v in requested.overrides.items() if k in ("perceptual_weights",)}
-    # the user's request, not the latent model's resolved settings: the autoencoder has its own planned batch size
-    ae = replace(requested, model="autoencoder", overrides=keep, pretrained_weights=None, only_validation=False,
-                 val_best=False, seed=p.settings.seed)
-    run_training(ae)
-    if not path.is_file():
-        raise ConfigurationError(f"autoencoder training finished without writing {path}")
+    for model, key in get_family(p.settings.model).dependencies:
+        path = Path(p.settings.overrides[key])
+        if path.is_file():
+            continue
+        logger.info("%s needs the fold's %s, which is not trained yet: training it first (%s)",
+                    p.settings.model, model, path.parent.parent.name)
+        keep = {k: v for k, v in requested.overrides.items() if k in ("perceptual_weights",)}
+        # the user's request, not this model's resolved settings: the stage has its own planned batch size
+        run_training(replace(requested, model=model, overrides=keep, pretrained_weights=None, only_validation=False,
+                             val_best=False, seed=p.settings.seed))
+        if not path.is_file():
+            raise ConfigurationError(f"{model} training finished without writing {path}")
 
 
 def write_model_folder(p: Prepared) -> None:
@@ -177,8 +182,8 @@ def run_training(settings: TrainSettings) -> dict[str, Any] | None:
     """Train (unless ``only_validation``), then validate the fold's cases whole; returns the summary."""
     p = prepare(settings)
     s = p.settings
-    if get_family(s.model).requires_autoencoder and not s.only_validation:
-        train_autoencoder_first(p, settings)
+    if not s.only_validation:
+        train_dependencies_first(p, settings)
     if not s.only_validation:
         write_model_folder(p)
     log_path = new_log_path(p.fold_dir)

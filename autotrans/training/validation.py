@@ -2,7 +2,8 @@
 
 Per epoch, the fixed validation patches are predicted and both prediction and reference are mapped back to
 physical units with the target normalization's inverse (MR with each case's own parameters), so the
-EMA that picks ``checkpoint_best.pth`` is in HU / SUV / MR intensity, as the user reads results.
+EMA that picks ``checkpoint_best.pth`` is in HU / SUV / raw MR intensity (MR: the case's own scanner units;
+PSNR, being a ratio, then equals PSNR in the per-case output scale with peak 2, as the final validation).
 
 The final validation runs the inference code itself (``autotrans.inference``: checkpoint loading from the
 results folder, sliding windows, mirror TTA, ``export_prediction``), so its numbers are exactly what
@@ -37,10 +38,12 @@ SUMMARY_METRICS = ("mae", "psnr", "ssim")
 
 def physical_patch_errors(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, norm: Normalization,
                           params: list[dict[str, float]]) -> list[tuple[float, float]]:
-    """(masked MAE, PSNR) per sample, both in physical units; samples with an empty mask are skipped.
+    """(masked MAE, PSNR) per sample, both in physical units (MR: raw intensity, inverted with the case's own
+    parameters); samples with an empty mask are skipped.
 
-    PSNR's peak is the physical span of the normalized range [-1, 1] (the HU window, the SUV ceiling, the
-    case's MR percentile span), i.e. the range the generator can represent.
+    PSNR's peak is the physical span of the output scale's [-1, 1], the range the final validation's
+    autotrans standard uses (``evaluation_range``): the HU window, [0, SUV ceiling], and for MR the case's
+    p0.5..p99.5 span (not the wider span of the network's [-1, 1], which includes the planned headroom).
     """
     p = pred.detach().float().cpu().numpy()
     t = target.detach().float().cpu().numpy()
@@ -53,14 +56,16 @@ def physical_patch_errors(pred: torch.Tensor, target: torch.Tensor, mask: torch.
         pi, ti = norm.inverse(p[i], case_params), norm.inverse(t[i], case_params)
         diff = (pi[m[i]].astype(np.float64) - ti[m[i]])
         mae, mse = float(np.abs(diff).mean()), float((diff ** 2).mean())
-        span = float(np.ptp(norm.inverse(np.array([-1.0, 1.0], dtype=np.float32), case_params)))
+        ends = norm.from_output_scale(np.array([-1.0, 1.0], dtype=np.float32))
+        span = float(np.ptp(norm.inverse(ends, case_params)))
         psnr = float("inf") if mse == 0 else 10 * math.log10(span ** 2 / mse)
         out.append((mae, psnr))
     return out
 
 
 def evaluation_range(plans: Plans) -> tuple[float, float] | None:
-    """The autotrans-standard range: CT fixed by the evaluator, PET [0, ceiling], MR the normalized [-1, 1]."""
+    """The autotrans-standard range: CT fixed by the evaluator, PET [0, ceiling], MR the output scale's [-1, 1]
+    (p0.5..p99.5; values beyond it are scored unclipped, the range sets PSNR's peak and SSIM's data range)."""
     norm = plans.target_normalization
     if norm.per_case:
         return (-1.0, 1.0)
@@ -70,11 +75,8 @@ def evaluation_range(plans: Plans) -> tuple[float, float] | None:
 
 
 def _reference(plans: Plans, target: np.ndarray, props: dict[str, Any]) -> np.ndarray:
-    """The raw target in the unit predictions are exported in (MR: the plan's normalized scale)."""
-    norm = plans.target_normalization
-    if norm.per_case:
-        return norm.forward(target, props["target_normalization_params"])
-    return target.astype(np.float32)
+    """The raw target in the unit predictions are exported in (MR: the plan's per-case output scale, unclipped)."""
+    return plans.target_normalization.raw_to_output_scale(target, props.get("target_normalization_params") or None)
 
 
 def final_validation(spec: ModelSpec, fold: str, checkpoint: str, data_dir: Path, raw_dir: Path,

@@ -132,5 +132,9 @@ def test_demo_all_seven_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
     from autotrans.utils.files import load_json
 
     tasks = load_json(report.with_name("results.json"))["tasks"]
-    latent = [t for t in tasks if t["training"].get("autoencoder")]
-    assert len(latent) == 4 and all(t["training"]["autoencoder"]["epochs"] == 1 for t in latent)
+    latent = [t for t in tasks if "autoencoder" in t["training"].get("stages", {})]
+    assert len(latent) == 4 and all(t["training"]["stages"]["autoencoder"]["epochs"] == 1 for t in latent)
+    controlnet = next(t for t in tasks if t["model"] == "ldm_controlnet")
+    assert controlnet["training"]["stages"]["ldm_prior"]["epochs"] == 1  # its prior: a shared stage, same budget
+    assert all(t["training"]["validation_hours"] is not None for t in tasks)  # training hours exclude validation
+    assert "| ldm_controlnet |" in md and "shared stages h" in md and "estimated memory (GB)" in md

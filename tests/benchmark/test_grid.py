@@ -75,7 +75,7 @@ def test_emit_slurm_writes_jobs_and_runs_nothing(roots: dict[str, Path], tmp_pat
     from autotrans.families.base import available_families
 
     install_demo_copy(roots["autotrans_raw"], "Dataset901_DemoT2toFLAIR", 21)
-    models = ["pix2pix", "cyclegan"] + (["ldm"] if "ldm" in available_families() else [])
+    models = ["pix2pix", "cyclegan"] + (["ldm", "ldm_controlnet"] if "ldm" in available_families() else [])
     out = tmp_path / "slurm"
     assert benchmark_main(["-d", "21", "-m", *models, "-f", "0", "2", *BUDGET, *TINY_PLAN, "--emit_slurm", str(out)]) == 0
     tasks = (out / "tasks.txt").read_text().splitlines()
@@ -89,6 +89,8 @@ def test_emit_slurm_writes_jobs_and_runs_nothing(roots: dict[str, Path], tmp_pat
     if "ldm" in models:
         assert len(ae) == 2 and all(a.startswith('test -f "$autotrans_results/') for a in ae)
         assert "autotrans_train Dataset021_DemoT2toFLAIR 3d_fullres autoencoder 0 -p autotransPlans --c" in ae[0]
+        prior = (out / "ldm_prior_tasks.txt").read_text().splitlines()  # ldm_controlnet's stage, after the autoencoder
+        assert len(prior) == 2 and "3d_fullres ldm_prior 2 -p autotransPlans --c" in prior[1]
     else:
         assert ae == []
     array = (out / "array.sbatch").read_text()
@@ -97,10 +99,13 @@ def test_emit_slurm_writes_jobs_and_runs_nothing(roots: dict[str, Path], tmp_pat
     assert "--prepare_only" in (out / "prepare.sbatch").read_text()
     assert "--report_only" in (out / "report.sbatch").read_text()
     submit = (out / "submit.sh").read_text()
-    assert "--dependency=afterok:$prep" in submit and "--dependency=afterany:$main" in submit
+    assert "dep=$prep" in submit and "--dependency=afterok:$dep" in submit and "--dependency=afterany:$main" in submit
+    if "ldm" in models:
+        assert "for stage in autoencoder ldm_prior; do" in submit  # chained in dependency order
     assert os.access(out / "submit.sh", os.X_OK)
-    assert sorted(p.name for p in out.iterdir()) == ["array.sbatch", "autoencoder_tasks.txt", "prepare.sbatch",
-                                                    "report.sbatch", "submit.sh", "tasks.txt"]
+    stage_files = ["ldm_prior_tasks.txt"] if "ldm" in models else []
+    assert sorted(p.name for p in out.iterdir()) == sorted(["array.sbatch", "autoencoder_tasks.txt", "prepare.sbatch",
+                                                            "report.sbatch", "submit.sh", "tasks.txt", *stage_files])
     assert not any(roots["autotrans_preprocessed"].iterdir()) and not any(roots["autotrans_results"].iterdir())
 
 

@@ -47,10 +47,13 @@ def _ssim_scale(x: np.ndarray, y: np.ndarray, w: float, dr: float) -> np.ndarray
     return lum**w * con**w * st**w
 
 
-def ref_ms_ssim(gt: np.ndarray, pred: np.ndarray, mask: np.ndarray, lo: float, hi: float) -> float:
+def ref_ms_ssim(gt: np.ndarray, pred: np.ndarray, mask: np.ndarray, lo: float, hi: float, clip: bool = True) -> float:
     m = np.where(mask > 0, 1.0, 0.0)
-    g = np.where(m == 0, lo, np.clip(gt.astype(np.float64), lo, hi)) - lo
-    p = np.where(m == 0, lo, np.clip(pred.astype(np.float64), lo, hi)) - lo
+    g, p = gt.astype(np.float64), pred.astype(np.float64)
+    if clip:
+        g, p = np.clip(g, lo, hi), np.clip(p, lo, hi)
+    g = np.where(m == 0, lo, g) - lo
+    p = np.where(m == 0, lo, p) - lo
     pads = [((97 - n) // 2 if n < 97 else 0, 97 - n - (97 - n) // 2 if n < 97 else 0) for n in g.shape]
     g, p, m = (np.pad(a, pads, mode="edge") for a in (g, p, m))
     vals = []
@@ -74,18 +77,18 @@ def ref_synthrad2025(gt: np.ndarray, pred: np.ndarray, mask: np.ndarray) -> dict
 
 
 def ref_autotrans(ref: np.ndarray, pred: np.ndarray, mask: np.ndarray, lo: float, hi: float) -> dict[str, float]:
-    """autotrans standard on [lo, hi]: raw masked MAE/MSE, clipped PSNR, scikit-image SSIM, MS-SSIM."""
+    """autotrans standard on [lo, hi]: every metric on the unclipped values inside the mask; [lo, hi] sets PSNR's
+    peak, the SSIM data range and the outside-mask value (scikit-image PSNR/SSIM, MS-SSIM as synthrad2025)."""
     r, p = ref.astype(np.float64), pred.astype(np.float64)
     m = mask > 0
     err = np.abs(r[m] - p[m])
-    rc, pc = np.clip(r, lo, hi), np.clip(p, lo, hi)
-    psnr = peak_signal_noise_ratio(rc[m], pc[m], data_range=hi - lo)
-    x, y = np.where(m, rc, lo) - lo, np.where(m, pc, lo) - lo
+    psnr = peak_signal_noise_ratio(r[m], p[m], data_range=hi - lo)
+    x, y = np.where(m, r, lo) - lo, np.where(m, p, lo) - lo
     _, smap = structural_similarity(x, y, data_range=hi - lo, full=True)
     return {
         "mae": float(err.mean()), "mse": float(np.mean(err**2)), "psnr": float(psnr),
         "ssim": float(crop(smap, 3)[crop(m, 3)].mean()),
-        "ms_ssim": ref_ms_ssim(r, p, m, lo, hi),
+        "ms_ssim": ref_ms_ssim(r, p, m, lo, hi, clip=False),
     }
 
 

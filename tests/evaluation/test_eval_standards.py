@@ -97,11 +97,58 @@ def test_autotrans_parity_on_real_pet(petct: dict) -> None:
 
 
 def test_autotrans_ct_equals_synthrad2025_where_defined(petct: dict) -> None:
-    ct, mask = petct["ct"], petct["mask"]
-    pred = perturb(ct, 40.0, seed=1)
-    a, s = autotrans_standard(ct, pred, mask, -1024.0, 3071.0), synthrad2025(ct, pred, mask)
-    assert a["mae"] == s["mae"] and a["psnr"] == s["psnr"]
+    """Where both volumes lie inside SynthRAD2025's range (as every exported CT prediction does), the unclipped
+    autotrans standard and the clipping challenge code agree."""
+    lo, hi = -1024.0, 3071.0
+    ct, mask = np.clip(petct["ct"], lo, hi), petct["mask"]
+    pred = np.clip(perturb(ct, 40.0, seed=1), lo, hi)
+    a, s = autotrans_standard(ct, pred, mask, lo, hi), synthrad2025(ct, pred, mask)
+    assert a["mae"] == s["mae"] and a["psnr"] == pytest.approx(s["psnr"], rel=1e-12)
     assert a["ms_ssim"] == pytest.approx(s["ms_ssim"], rel=1e-12)
+
+
+def _blob_volume(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A smooth positive volume in [0, 10] with a hot blob peaking at 30 (3x hi = 10), and its mask."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.mgrid[:24, :24, :24].astype(np.float64)
+    base = 2.0 + 0.3 * np.sin(x / 3.0) + 0.2 * np.cos(y / 4.0) + 0.05 * rng.standard_normal((24, 24, 24))
+    blob = 28.0 * np.exp(-((z - 12) ** 2 + (y - 12) ** 2 + (x - 12) ** 2) / (2 * 2.0**2))
+    mask = np.zeros(base.shape, bool)
+    mask[2:22, 2:22, 2:22] = True
+    return base + blob, mask
+
+
+def test_autotrans_scores_reference_values_above_hi() -> None:
+    """A prediction that stops at hi where the reference is hotter is penalised by PSNR and SSIM too, not only
+    by MAE: nothing is clipped, [lo, hi] only sets the peak and the data range."""
+    lo, hi = 0.0, 10.0
+    ref, mask = _blob_volume()
+    assert (ref[mask] > hi).sum() > 20
+    capped = np.minimum(ref, hi)  # what a clipping standard would have compared against
+    got = autotrans_standard(ref, capped, mask, lo, hi)
+    assert got["mae"] > 0 and math.isfinite(got["psnr"])  # a clipping standard: PSNR inf, SSIM 1
+    assert got["ssim"] < 0.999 and got["ms_ssim"] < 0.999
+    # the same prediction against the clipped reference would look perfect: the reference is not clipped
+    perfect = autotrans_standard(capped, capped, mask, lo, hi)
+    assert math.isinf(perfect["psnr"]) and perfect["ssim"] == pytest.approx(1.0, abs=1e-12)
+    # and a prediction that reproduces the hot blob scores better on every metric than one that stops at hi
+    close = ref + 0.05 * np.random.default_rng(1).standard_normal(ref.shape)
+    better = autotrans_standard(ref, close, mask, lo, hi)
+    assert better["mae"] < got["mae"] and better["psnr"] > got["psnr"] and better["ssim"] > got["ssim"]
+    assert_rel(got, ref_autotrans(ref, capped, mask, lo, hi))
+
+
+def test_autotrans_psnr_is_mse_on_the_same_unclipped_errors() -> None:
+    lo, hi = -1.0, 1.0  # e.g. the MR output scale, with a reference lesion at +2.5
+    ref, mask = _blob_volume(seed=3)
+    ref = ref / 12.0 - 1.0
+    pred = ref + 0.1 * np.random.default_rng(4).standard_normal(ref.shape)
+    pred[12, 12, 12] = -1.5  # far below lo as well
+    got = evaluate_case(ref, pred, mask, modality="MR", value_range=(lo, hi), range_source="plan")["metrics"]
+    err = ref[mask] - pred[mask]
+    assert got["mae"] == pytest.approx(np.abs(err).mean(), rel=1e-12)
+    assert got["mse"] == pytest.approx(np.mean(err**2), rel=1e-12)
+    assert got["psnr"] == pytest.approx(10 * math.log10((hi - lo) ** 2 / got["mse"]), rel=1e-12)
 
 
 def test_mr_range_default_and_recorded(flair: dict) -> None:

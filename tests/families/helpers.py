@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from autotrans.planning.families import plan_latent, plan_patchgan, plan_vgg_discriminator
+from autotrans.planning.families import plan_latent_architecture, plan_patchgan, plan_vgg_discriminator
 from autotrans.planning.plans import Plans
 from autotrans.preprocessing.store import PreprocessedCase, case_ids
 
@@ -38,7 +38,7 @@ def shrink_plans(plans: Plans, patch: tuple[int, int, int] = (32, 32, 32), featu
     fams = cfg["families"]
     fams["pix2pix"]["discriminator"] = plan_patchgan(list(patch), n_in + 1, base_features=4, max_features=16)
     fams["cyclegan"]["discriminator"] = plan_patchgan(list(patch), 1, base_features=4, max_features=16)
-    fams["srgan"]["generator"] = {"block": srgan_block, "n_blocks": 2, "features": 8}
+    fams["srgan"]["generator"] = {"block": srgan_block, "n_blocks": 2, "features": 8, "factors": [2, 2, 2]}
     fams["srgan"]["discriminator"] = plan_vgg_discriminator(list(patch), base_features=4, max_features=16)
     fams["latent"] = shrink_latent(list(patch))
     return Plans(data)
@@ -46,11 +46,10 @@ def shrink_plans(plans: Plans, patch: tuple[int, int, int] = (32, 32, 32), featu
 
 def shrink_latent(patch: list[int]) -> dict[str, Any]:
     """The planned latent section for ``patch`` with few channels (same planning code for patch sizes)."""
-    latent = plan_latent(patch, reference=1e9, n_voxels_dataset=1e9)
-    latent["autoencoder"].update(channels=[8, 16, 16], discriminator={"n_layers": 1, "features": 8}, batch_size=1)
+    latent = plan_latent_architecture(patch)
+    latent["autoencoder"].update(channels=[8, 16, 16], discriminator={"n_layers": 1, "features": 8})
     levels = len(latent["diffusion_unet"]["channels"])
-    latent["diffusion_unet"].update(channels=[16, 32, 32, 32][:levels], num_head_channels=8, num_res_blocks=1,
-                                    batch_size=1)
+    latent["diffusion_unet"].update(channels=[16, 32, 32, 32][:levels], num_head_channels=8, num_res_blocks=1)
     return latent
 
 

@@ -11,8 +11,8 @@ from autotrans.families.base import Family
 from tests.families.helpers import SMALL, make_family, real_batch, snapshot
 
 FAMILIES = ["pix2pix", "cyclegan", "srgan"]
-# SRGAN trains D only after its warm-up; the contract checks a full adversarial step
-OVERRIDES = {"srgan": {"warmup_epochs": 0}}
+# SRGAN trains D only after its pre-training; the contract checks a full adversarial step
+OVERRIDES = {"srgan": {"pretrain_fraction": 0}}
 
 
 def make(name: str, demo_planned, seed: int = 0, overrides: dict | None = None, patch=SMALL, **shrink) -> Family:

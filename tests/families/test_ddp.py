@@ -28,7 +28,7 @@ def process_group(tmp_path: Path) -> Iterator[None]:
 
 @pytest.mark.parametrize("name", ["pix2pix", "cyclegan", "srgan"])
 def test_train_steps_under_ddp(name: str, demo_planned, process_group) -> None:
-    fam = make_family(name, demo_planned[0], overrides={"warmup_epochs": 1})
+    fam = make_family(name, demo_planned[0], overrides={"num_epochs": 10, "pretrain_fraction": 0.1})
     fam.wrap_networks(DistributedDataParallel)
     assert all(isinstance(n, DistributedDataParallel) for n in fam.networks().values())
     fam.configure_optimizers()
@@ -46,22 +46,22 @@ def test_train_steps_under_ddp(name: str, demo_planned, process_group) -> None:
     assert torch.equal(plain.eval().predict_patch(x), fam.eval().predict_patch(x))
 
 
-@pytest.mark.parametrize("name", ["autoencoder", "ldm", "ldm_controlnet", "bbdm", "flow_matching"])
+@pytest.mark.parametrize("name", ["autoencoder", "ldm", "ldm_prior", "ldm_controlnet", "bbdm", "flow_matching"])
 def test_latent_family_under_ddp(name: str, demo_planned, process_group) -> None:
-    """Only trainable networks are wrapped (frozen autoencoders stay plain); ControlNet's two phases, the
-    autoencoder's adversarial steps and the state round trip all work through DDP."""
-    overrides = {"num_epochs": 2, "sampling_steps": 2, "adversarial_start": 0, "controlnet_start": 0.5}
+    """Only trainable networks are wrapped (the frozen autoencoder, the ControlNet's frozen prior and the EMA copies
+    stay plain); EMA updates, the autoencoder's adversarial steps and the state round trip work through DDP."""
+    overrides = {"num_epochs": 2, "sampling_steps": 2, "adversarial_start": 0, "ema_every": 1}
     fam = make_family(name, demo_planned[0], overrides=overrides)
     fam.wrap_networks(DistributedDataParallel)
     wrapped = {k for k, n in fam.networks().items() if isinstance(n, DistributedDataParallel)}
-    assert wrapped == ({"ae_source", "ae_target", "disc_source", "disc_target"} if name == "autoencoder"
-                       else set(fam.denoisers()))
+    assert wrapped == ({"ae", "disc"} if name == "autoencoder" else set(fam.denoisers()))
     fam.configure_optimizers()
     batch = real_batch(demo_planned[1], n=1, patch=SMALL)
-    for step in range(2):  # ldm_controlnet: epoch 0 trains the LDM, epoch 1 the ControlNet
+    for step in range(2):
         losses = {**fam.train_step(batch, step), **fam.validation_step(batch)}
         assert all(math.isfinite(v) for v in losses.values()), losses
         fam.on_epoch_end(step, 2)
+    assert getattr(fam, "ema_updates", 2) == 2  # the EMA follows the wrapped networks' weights
     plain = make_family(name, demo_planned[0], seed=1, overrides=overrides)
     plain.load_state_dict(fam.state_dict())
     if fam.translates:

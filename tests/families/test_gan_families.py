@@ -88,8 +88,8 @@ def test_cyclegan_multichannel_source(demo_planned) -> None:
 
 
 # --- srgan --------------------------------------------------------------------------------------
-def test_srgan_warmup(demo_planned, batch) -> None:
-    fam = make_family("srgan", demo_planned[0])  # default warmup_epochs = 2
+def test_srgan_pretraining(demo_planned, batch) -> None:
+    fam = make_family("srgan", demo_planned[0], overrides={"num_epochs": 3})  # 5/6 of 3 epochs: 2 pre-training
     fam.configure_optimizers()
     d0, g0 = snapshot(fam, "discriminator"), snapshot(fam, "generator")
     out = fam.train_step(batch, 0)
@@ -102,10 +102,21 @@ def test_srgan_warmup(demo_planned, batch) -> None:
     out = fam.train_step(batch, 1)
     assert {"loss_g_adv", "loss_perceptual", "loss_d"} <= set(out)
     assert changed(d0, snapshot(fam, "discriminator"))
-    resumed = make_family("srgan", demo_planned[0])
+    resumed = make_family("srgan", demo_planned[0], overrides={"num_epochs": 3})
     resumed.configure_optimizers()
     resumed.load_train_state_dict(fam.train_state_dict())
     assert resumed.epoch == 2 and not resumed.warming_up
+
+
+@pytest.mark.parametrize("epochs, pretrain, drop", [(12, 10, 11), (1000, 833, 917), (2, 1, 2), (1, 0, 1)])
+def test_srgan_schedule_follows_the_paper(demo_planned, epochs: int, pretrain: int, drop: int) -> None:
+    """Pre-training is 5/6 of the budget (the paper's 10^6 of 1.2 * 10^6 iterations), leaving a GAN epoch; the GAN
+    phase's second half runs at a tenth of the learning rate (paper: 10^5 iterations at 1e-4, 10^5 at 1e-5)."""
+    fam = make_family("srgan", demo_planned[0], overrides={"num_epochs": epochs})
+    fam.configure_optimizers()
+    assert fam.pretrain_epochs() == pretrain
+    sched = fam.schedulers()["generator"]
+    assert [sched.lr_lambdas[0](e) for e in (drop - 1, drop)] == [1.0, pytest.approx(0.1)]
 
 
 class _Features(torch.nn.Module):
@@ -130,7 +141,7 @@ def test_srgan_perceptual_network(demo_planned, batch, tmp_path: Path, kind: str
     else:
         path = tmp_path / "features.pt2"
         torch.export.save(torch.export.export(net, (batch["target"],)), str(path))
-    fam = make_family("srgan", demo_planned[0], overrides={"warmup_epochs": 0, "perceptual_weights": str(path)})
+    fam = make_family("srgan", demo_planned[0], overrides={"pretrain_fraction": 0, "perceptual_weights": str(path)})
     fam.configure_optimizers()
     with torch.no_grad():
         expected = feature_l1(net(batch["target"]), net(fam.generator(batch["source"]))).item()
@@ -145,7 +156,7 @@ def test_srgan_perceptual_network(demo_planned, batch, tmp_path: Path, kind: str
 
 
 def test_srgan_relativistic_and_rrdb(demo_planned, batch) -> None:
-    fam = make_family("srgan", demo_planned[0], overrides={"warmup_epochs": 0, "adversarial": "relativistic"},
+    fam = make_family("srgan", demo_planned[0], overrides={"pretrain_fraction": 0, "adversarial": "relativistic"},
                       srgan_block="rrdb")
     fam.configure_optimizers()
     out = fam.train_step(batch, 0)

@@ -20,7 +20,7 @@ from tests.families.helpers import CONFIG, make_family, real_batch
 @pytest.mark.parametrize("name", ["pix2pix", "cyclegan", "srgan"])
 def test_trained_family_predicts_through_the_chain(name: str, demo_planned, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    fam = make_family(name, demo_planned[0], patch=(32, 32, 32), overrides={"warmup_epochs": 0})
+    fam = make_family(name, demo_planned[0], patch=(32, 32, 32), overrides={"pretrain_fraction": 0})
     fam.configure_optimizers()
     fam.train_step(real_batch(demo_planned[1], n=1), step=0)
     plans = fam.plans

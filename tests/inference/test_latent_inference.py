@@ -9,8 +9,9 @@ misaligned tile or any per-tile noise would show up as a difference.
 from __future__ import annotations
 
 import json
-import logging
+import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -287,25 +288,51 @@ def _write_case(folder: Path, name: str, shape=(20, 30, 28)) -> None:
     sitk.WriteImage(img, str(folder / f"{name}_0000.nii.gz"))
 
 
-def test_predictor_uses_the_latent_path_with_steps_and_without_tta(roots: dict[str, Path], cbct_plan: Path,
-                                                                   caplog: pytest.LogCaptureFixture) -> None:
+def test_predictor_uses_the_latent_path_with_steps_and_mirror_tta(roots: dict[str, Path], cbct_plan: Path) -> None:
     make_model(roots["autotrans_results"], cbct_plan, "test_latent", {"0": {"noise_scale": 0.1}, "1": {}},
                mirror_axes=[0, 1, 2])
     data = smooth_volume((23, 37, 41)).numpy()
-    with caplog.at_level(logging.DEBUG, logger="autotrans.inference.predictor"):
-        predictor = load_predictor(device="cpu", seed=3, steps=7)
-        preds = predictor.predict_folds(data, "c1")
-        predictor.predict_folds(data, "c2")
-    assert caplog.text.count("mirror TTA is not applied") == 1
+    predictor = load_predictor(device="cpu", seed=3, steps=7)
+    preds = predictor.predict_folds(data, "c1")
+    predictor.predict_folds(data, "c2")
     assert [p.shape for p in preds] == [(23, 37, 41)] * 2
     t = predictor.timings["c1"]
     assert set(t) == {"0", "1"}
-    assert set(t["0"]) == {"encode_s", "sample_s", "decode_s", "steps", "tiles", "predict_s"}
-    assert t["0"]["steps"] == 7  # --steps reached the family as overrides['sampling_steps']
+    assert set(t["0"]) == {"encode_s", "sample_s", "decode_s", "steps", "tiles", "predict_s", "mirror_passes"}
+    assert t["0"]["steps"] == 7 and t["0"]["mirror_passes"] == 8  # --steps reached the family; 2^3 mirrors
     again = load_predictor(device="cpu", seed=3, steps=7).predict_folds(data, "c1")
     np.testing.assert_array_equal(again[0], preds[0])
     other = load_predictor(device="cpu", seed=4, steps=7).predict_folds(data, "c1")
     assert not np.allclose(other[0], preds[0])
+
+
+@pytest.mark.parametrize("axes", [[0, 1, 2], [2], []])
+def test_latent_and_sliding_window_families_share_one_tta_policy(roots: dict[str, Path], cbct_plan: Path,
+                                                                 axes: list[int]) -> None:
+    """Mirror TTA multiplies the network calls of a latent model (sampler calls) and of a sliding-window model
+    (generator calls) by the same 2^axes, on by default, off for both with tta=False."""
+    data = smooth_volume((23, 37, 41)).numpy()
+
+    def calls(model: str, tta: bool) -> int:
+        for old in roots["autotrans_results"].glob("*/*"):
+            shutil.rmtree(old)
+        make_model(roots["autotrans_results"], cbct_plan, model, {"0": {}}, mirror_axes=axes)
+        predictor = load_predictor(device="cpu", tta=tta)
+        family = predictor.model.folds[0].family
+        counted = {"n": 0}
+        name = "sample_latent" if model == "test_latent" else "predict_patch"
+        inner = getattr(family, name)
+
+        def counting(*args: Any, **kwargs: Any) -> torch.Tensor:
+            counted["n"] += 1
+            return inner(*args, **kwargs)
+
+        setattr(family, name, counting)
+        predictor.predict_folds(data, "c")
+        return counted["n"]
+
+    for model in ("test_latent", "test_identity"):
+        assert calls(model, True) == 2 ** len(axes) * calls(model, False) > 0
 
 
 def test_timings_json_written_and_merged(roots: dict[str, Path], cbct_plan: Path, tmp_path: Path) -> None:
@@ -315,7 +342,7 @@ def test_timings_json_written_and_merged(roots: dict[str, Path], cbct_plan: Path
     predict_folder(load_predictor(device="cpu"), inp, out, num_processes_preprocessing=0, num_processes_export=0)
     first = json.loads((out / "timings.json").read_text())
     assert first["device"] == "cpu" and first["model"] == f"{cbct_plan.name}/{model.name}"
-    assert set(first["a"]["0"]) == {"encode_s", "sample_s", "decode_s", "steps", "tiles", "predict_s"}
+    assert set(first["a"]["0"]) == {"encode_s", "sample_s", "decode_s", "steps", "tiles", "predict_s", "mirror_passes"}
     _write_case(inp, "b")
     predict_folder(load_predictor(device="cpu"), inp, out, continue_prediction=True,
                    num_processes_preprocessing=0, num_processes_export=0)

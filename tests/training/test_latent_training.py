@@ -30,6 +30,7 @@ def test_latent_models_train_share_one_autoencoder_and_predict(tiny_brain: Path,
     shrink(tiny_brain)
     results = roots["autotrans_results"]
     ae_final = fold_dir(results, model="autoencoder") / "checkpoint_final.pth"
+    prior_final = fold_dir(results, model="ldm_prior") / "checkpoint_final.pth"
     raw_images = roots["autotrans_raw"] / "Dataset011_DemoT2toFLAIR" / "imagesTr"
     inputs = tmp_path / "in"
     inputs.mkdir()
@@ -41,14 +42,24 @@ def test_latent_models_train_share_one_autoencoder_and_predict(tiny_brain: Path,
             assert ae_final.is_file() and not (ae_final.parent / "validation").exists()
             ae_stamp = ae_final.stat().st_mtime_ns
             ae = load(ae_final)
-            assert ae["family"] == "autoencoder" and {"ae_source", "ae_target"} <= set(ae["networks"])
-            assert float(ae["networks"]["ae_target"]["scale"]) != 1.0  # the latent scale was estimated
+            assert ae["family"] == "autoencoder" and set(ae["networks"]) == {"ae", "disc"}  # one for both domains
+            assert float(ae["networks"]["ae"]["scale"]) != 1.0  # the latent scale was estimated
         assert ae_final.stat().st_mtime_ns == ae_stamp  # shared, never retrained
+        if model == "ldm_controlnet":  # its frozen base, the fold's prior, was trained first, on the same autoencoder
+            prior = load(prior_final)
+            assert prior["family"] == "ldm_prior" and not (prior_final.parent / "validation").exists()
+            assert all(np.array_equal(v.numpy(), ae["networks"]["ae"][k].numpy())
+                       for k, v in prior["networks"]["ae"].items())
         fd = fold_dir(results, model=model)
         ckpt = load(fd / "checkpoint_final.pth")
         assert ckpt["family"] == model and ckpt["overrides"]["autoencoder_checkpoint"] == str(ae_final)
-        for m in ("ae_source", "ae_target"):  # self-contained: the autoencoders travel with the model
-            assert all(np.array_equal(v.numpy(), ae["networks"][m][k].numpy()) for k, v in ckpt["networks"][m].items())
+        # self-contained: the autoencoder (and the ControlNet's frozen prior) travel with the model
+        assert all(np.array_equal(v.numpy(), ae["networks"]["ae"][k].numpy()) for k, v in ckpt["networks"]["ae"].items())
+        if model == "ldm_controlnet":
+            assert ckpt["overrides"]["prior_checkpoint"] == str(prior_final)
+            assert all(np.array_equal(v.numpy(), prior["networks"]["ema_unet"][k].numpy())
+                       for k, v in ckpt["networks"]["unet"].items())
+        assert any(k.startswith("ema_") for k in ckpt["networks"])  # EMA weights, used for prediction
         history = ckpt["history"]
         assert any(k.startswith("val/") for k in history)
         summary = json.loads((fd / "validation" / "summary.json").read_text())
