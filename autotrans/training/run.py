@@ -184,7 +184,6 @@ def run_training(settings: TrainSettings) -> dict[str, Any] | None:
     s = p.settings
     if not s.only_validation:
         train_dependencies_first(p, settings)
-    if not s.only_validation:
         write_model_folder(p)
     log_path = new_log_path(p.fold_dir)
     handler = add_log_file(log_path)

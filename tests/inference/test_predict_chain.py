@@ -176,3 +176,26 @@ def test_pyradiomics_anisotropic_nrrd_geometry_exact(roots: dict[str, Path], nrr
     y, _ = read_image(out)
     fg = x != 0
     assert np.corrcoef(x[fg], y[fg])[0, 1] > 0.99
+
+
+def test_folds_are_averaged_in_physical_units() -> None:
+    """log1p PET: folds predicting 5 and 15 SUV average to 10 SUV; the inverse of their normalized mean would give
+    8.8 SUV (biased low). The std map is in SUV as well."""
+    from autotrans.inference.predictor import export_ensemble
+    from autotrans.preprocessing.normalization import SUVNormalization
+
+    norm = SUVNormalization(ceiling=50.0, transform="log1p")
+    res = {"order": 3, "order_z": 1, "anisotropy_threshold": 3}
+    plans = Plans({"source_channels": [{"name": "CT", "modality": "CT"}], "target": {"name": "PET", "modality": "PET"},
+                   "normalization": {"source": [{"scheme": "window"}], "target": norm.to_dict()},
+                   "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
+                   "configurations": {"3d_fullres": {"spacing": [2.0, 2.0, 2.0],
+                                                     "resampling": {"target": res}}}})
+    shape = [6, 7, 8]
+    props = {"transpose_forward": [0, 1, 2], "shape_after_crop": shape, "spacing_zyx": [2.0, 2.0, 2.0],
+             "shape_before_crop": shape, "crop_bbox": [[0, s] for s in shape], "case": "c"}
+    folds = [np.full(shape, norm.forward(np.float32(v)), dtype=np.float32) for v in (5.0, 15.0)]
+    mean, std = export_ensemble(folds, props, plans, plans.configuration("3d_fullres"), True, True)
+    np.testing.assert_allclose(mean, 10.0, rtol=1e-4)
+    np.testing.assert_allclose(std, 5.0, rtol=1e-4)
+    assert float(norm.inverse(np.mean(folds, axis=0)).mean()) == pytest.approx(8.8, abs=0.05)  # what it was
