@@ -37,6 +37,9 @@ setup(
         "autotrans.turing": ["static/*"],
     },
     install_requires=[
+        # Any torch build the user installed first (e.g. the CPU wheel) satisfies this; nothing here pins torch or
+        # torchvision. torchvision arrives via dynamic-network-architectures -> timm and pins torch exactly, so the
+        # README says to install the matching torchvision with a CPU torch (or to pass a torch constraint).
         "torch>=2.1,<3",
         "numpy>=1.24",
         "scipy>=1.10",

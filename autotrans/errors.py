@@ -11,10 +11,16 @@ class ConfigurationError(AutotransError):
 
 
 class DatasetError(AutotransError):
-    """A dataset cannot be used as given. ``problems`` holds one ``(case, message)`` per finding."""
+    """A dataset cannot be used as given. ``problems`` holds one ``(case, message)`` per finding.
 
-    def __init__(self, problems: list[tuple[str, str]], header: str = "dataset problems") -> None:
+    ``summary``: the line the command-line edge prints above the problems; the default says that nothing was
+    written (true for up-front checks). Runs that wrote some cases before others failed say which instead.
+    """
+
+    def __init__(self, problems: list[tuple[str, str]], header: str = "dataset problems",
+                 summary: str | None = None) -> None:
         self.problems = list(problems)
+        self.summary = summary or f"{len(self.problems)} problem(s) found, nothing was written:"
         lines = [f"{case}: {msg}" for case, msg in self.problems]
         super().__init__(f"{header} ({len(lines)}):\n" + "\n".join(lines))
 

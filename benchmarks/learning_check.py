@@ -61,9 +61,9 @@ VAL_KEYS = ("val/loss", "val/loss_l1", "val/target/l1", "val/loss_content")
 
 def val_loss_curve(fold_dir: Path) -> dict[str, float | str]:
     """The family's own validation loss after the first and the last epoch (from the final checkpoint)."""
-    import torch
+    from autotrans.results import safe_torch_load  # weights only: never runs code from the file
 
-    history = torch.load(fold_dir / "checkpoint_final.pth", map_location="cpu", weights_only=False)["history"]
+    history = safe_torch_load(fold_dir / "checkpoint_final.pth")["history"]
     for key in VAL_KEYS:
         values = [v for v in history.get(key, []) if v is not None and np.isfinite(v)]
         if len(values) >= 2:

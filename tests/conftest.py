@@ -1,4 +1,10 @@
-"""Shared fixtures: temporary roots, the shared real data (CI has it at ../shared/data), demo datasets."""
+"""Shared fixtures: temporary roots, demo datasets, and the full-resolution real data for ``full_data`` tests.
+
+Real images come from two places (see tests/paths.py): small crops in tests/data/ (in the repository: every
+test that needs real voxels but not full resolution uses them) and the full-resolution shared data
+(../shared/data beside the clone, or $AUTOTRANS_SHARED_DATA), used only by tests marked ``full_data``, which
+skip with the reason when it is absent. The session ends with a line counting the full_data tests run/skipped.
+"""
 from __future__ import annotations
 
 import json
@@ -11,8 +17,35 @@ import pytest
 import SimpleITK as sitk
 
 from autotrans.dataset.demo import demo_data_dir
+from tests.paths import SHARED_DATA, SHARED_DATA_ENV, SHARED_DATA_WHERE
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+FULL_DATA_SKIP = (f"full_data: full-resolution real data absent ({SHARED_DATA_WHERE}); CI places ../shared "
+                  f"beside the clone, or set {SHARED_DATA_ENV}=/path/to/shared/data")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test that asks for ``shared_data`` is a full_data test; full_data tests skip when the data is absent."""
+    for item in items:
+        if "shared_data" in getattr(item, "fixturenames", ()) and item.get_closest_marker("full_data") is None:
+            item.add_marker(pytest.mark.full_data)
+        if SHARED_DATA is None and item.get_closest_marker("full_data") is not None:
+            item.add_marker(pytest.mark.skip(reason=FULL_DATA_SKIP))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:  # noqa: ANN001
+    ran, skipped = set(), set()
+    for reports in terminalreporter.stats.values():
+        for rep in reports:
+            if not isinstance(rep, pytest.TestReport) or "full_data" not in rep.keywords:
+                continue
+            if rep.skipped:
+                skipped.add(rep.nodeid)
+            elif rep.when == "call":
+                ran.add(rep.nodeid)
+    if ran or skipped:
+        where = f"data at {SHARED_DATA}" if SHARED_DATA is not None else f"data absent: {SHARED_DATA_WHERE}"
+        terminalreporter.write_line(f"full_data tests (full-resolution real data): {len(ran)} ran, "
+                                    f"{len(skipped - ran)} skipped ({where})")
 
 
 @pytest.fixture
@@ -28,8 +61,9 @@ def one_thread() -> Iterator[None]:
 
 @pytest.fixture
 def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"real shared data not found at {SHARED_DATA} (CI places ../shared beside the clone)")
+    """The full-resolution shared real data (only for tests marked full_data; they skip when it is absent)."""
+    if SHARED_DATA is None:
+        pytest.skip(FULL_DATA_SKIP)
     return SHARED_DATA
 
 

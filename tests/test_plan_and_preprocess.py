@@ -120,7 +120,15 @@ def test_changed_files_after_fingerprint_are_detected(petct_demo: Path, roots, c
     assert main_extract_fingerprint(["-d", "12", "-np", "1"]) == 0
     assert main_plan_experiment(["-d", "12"]) == 0
     f = petct_demo / "targetsTr" / "CCTH-A01-slab0.nii.gz"
+    # touching a file changes nothing (the fingerprint keys on content, not modification times)...
     os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10_000_000_000))
+    # ...changing its content does, even with the size and modification time kept (cp -p, rsync -t)
+    st = f.stat()
+    data = bytearray(f.read_bytes())
+    data[-1] ^= 0xFF
+    f.write_bytes(bytes(data))
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert f.stat().st_size == st.st_size
     assert main_preprocess(["-d", "12", "-np", "1"]) == 1
     assert "changed since the fingerprint" in capsys.readouterr().err
 

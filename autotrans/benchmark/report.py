@@ -20,7 +20,8 @@ from autotrans.benchmark.grid import FULL_EPOCHS, FULL_ITERATIONS
 from autotrans.benchmark.protocol import protocol_blocks
 from autotrans.errors import AutotransError
 from autotrans.evaluation.standards import STANDARD_METRICS
-from autotrans.utils.files import atomic_path, load_json, save_json
+from autotrans.evaluation.strict_json import load_results
+from autotrans.utils.files import atomic_path, save_json
 
 logger = logging.getLogger(__name__)
 
@@ -53,9 +54,9 @@ def pool(output: Path, results: list[dict[str, Any]]) -> dict[str, dict[str, dic
     for r in results:
         entry = out.setdefault(r["dataset"], {}).setdefault(r["model"], {"cases": {}, "lesions": [], "tasks": []})
         folder = task_folder(output, r)
-        entry["cases"].update(load_json(folder / r["evaluation"])["cases"])
+        entry["cases"].update(load_results(folder / r["evaluation"])["cases"])  # strict JSON back to inf/NaN
         if r.get("evaluation_lesions"):
-            for case, rows in load_json(folder / r["evaluation_lesions"]).get("lesions", {}).items():
+            for case, rows in load_results(folder / r["evaluation_lesions"]).get("lesions", {}).items():
                 entry["lesions"] += [{"case": case, **row} for row in rows]
         entry["tasks"].append(r)
     return out

@@ -90,9 +90,9 @@ def train(task: Task) -> None:
 
 def checkpoint_record(fold_dir: Path) -> dict[str, Any]:
     """What was actually trained, read from ``checkpoint_final.pth``: epochs done, schedule, seed, hours."""
-    import torch
+    from autotrans.results import load_checkpoint
 
-    state = torch.load(fold_dir / FINAL, map_location="cpu", weights_only=False)
+    state = load_checkpoint(fold_dir / FINAL)  # weights only: a crafted checkpoint cannot run code
     settings = (state.get("init_args") or {}).get("settings", {})
     history = state.get("history") or {}
     def total(key: str) -> float | None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from autotrans.benchmark.grid import GridSpec
 from autotrans.errors import ConfigurationError
 from autotrans.results import model_folder_name
-from autotrans.utils.files import atomic_path
+from autotrans.utils.files import atomic_path, ensure_writable_dir
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,7 @@ def emit_slurm(grid: GridSpec, out_dir: str | Path, common: list[str], train_fla
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ConfigurationError(f"--emit_slurm {out}: exists and is not a folder")
+    ensure_writable_dir(out, "--emit_slurm")  # read-only: one line, before any file of the set is replaced
     q = shlex.join
     all_d = [x for d in grid.datasets for x in ("-d", d)]
     every = ["-m", *grid.models, "-f", *grid.folds]

@@ -16,7 +16,8 @@ def add_budget(p: argparse.ArgumentParser) -> None:
     p.add_argument("-device", "--device", default="cuda", help="cpu, cuda or mps (cuda)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (plan, else 1000)")
     p.add_argument("--iterations", type=int, default=None, help="training iterations per epoch (plan, else 250)")
-    p.add_argument("--val_iterations", type=int, default=None, help="validation batches per epoch (plan, else 50)")
+    p.add_argument("--val_iterations", type=int, default=None,
+                   help="validation batches per epoch (plan, else iterations // 5, at least 1, at most 50)")
     p.add_argument("-num_workers", "--num_workers", type=int, default=None,
                    help="augmentation workers per training run (training default)")
     p.add_argument("--seed", type=int, default=None, help="training seed (default: drawn and recorded per task)")

@@ -4,9 +4,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from autotrans.cli.common import run, setup_logging
 from autotrans.dataset.dicom import convert_series, list_series
+from autotrans.utils.files import ensure_writable_folder
 
 logger = logging.getLogger("autotrans.dicom2nifti")
 
@@ -22,6 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suv", action="store_true", help="convert PET activity concentration (BQML) to SUVbw")
     p.add_argument("--series", default=None, help="SeriesInstanceUID to convert instead of the largest series")
     p.add_argument("--list", action="store_true", help="only list the series found, largest first")
+    p.add_argument("--allow_gaps", action="store_true",
+                   help="accept missing slices / irregular slice steps: resample onto a uniform grid at the series' "
+                        "step, filling the gap by linear interpolation (default: refuse such a series)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -38,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
             for s in list_series(args.series_dir):
                 print(s.summary())
             return
-        result = convert_series(args.series_dir, args.out, suv=args.suv, series_uid=args.series)
+        ensure_writable_folder(Path(args.out).expanduser().resolve().parent)  # before reading the series
+        result = convert_series(args.series_dir, args.out, suv=args.suv, series_uid=args.series,
+                                allow_gaps=args.allow_gaps)
         g = result.geometry
         logger.info("wrote %s from series %s: size %s, spacing %s", args.out, result.series.uid, g.size,
                     tuple(round(v, 4) for v in g.spacing))

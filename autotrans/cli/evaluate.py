@@ -36,13 +36,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compare these autotrans_evaluate results (two or more) instead of evaluating")
     p.add_argument("--names", nargs="+", default=None, help="model names for --compare (default: file stems)")
     p.add_argument("--metrics", nargs="+", default=None, help="metrics for --compare (default: all shared)")
-    p.add_argument("--alpha", type=float, default=0.05, help="significance level for --compare (0.05)")
+    p.add_argument("--alpha", type=float, default=0.05,
+                   help="significance level for --compare, strictly between 0 and 1 (0.05)")
     p.add_argument("-o", "--output", required=True, help="output JSON file")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
 
+def _check_output(output: str) -> None:
+    """-o names a JSON file in a folder we can write to; checked before any work."""
+    from autotrans.utils.files import ensure_writable_dir
+
+    out = Path(output)
+    if out.is_dir():
+        raise ConfigurationError(f"-o {out} is a folder; give a file name, e.g. {out / 'evaluation.json'}")
+    ensure_writable_dir(out.parent, "-o")
+
+
 def _main(args: argparse.Namespace) -> int:
+    if not 0.0 < args.alpha < 1.0:
+        raise ConfigurationError(f"--alpha {args.alpha:g}: must lie strictly between 0 and 1 (e.g. 0.05)")
+    _check_output(args.output)
     if args.compare:
         from autotrans.evaluation.statistics import compare_runs
 

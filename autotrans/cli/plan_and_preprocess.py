@@ -5,8 +5,9 @@ import argparse
 import sys
 
 from autotrans.cli.common import run, setup_logging
+from autotrans.errors import ConfigurationError
 from autotrans.planning import api
-from autotrans.planning.planner import DEFAULT_PLANS_NAME, PlannerOptions
+from autotrans.planning.planner import DEFAULT_PLANS_NAME, PlannerOptions, validate_options
 from autotrans.preprocessing.normalization import PET_CEILING_HEADROOM, NormalizationDefaults
 
 
@@ -32,14 +33,23 @@ def _add_planner(p: argparse.ArgumentParser) -> None:
                         "largest SUV of the training cases, from the fingerprint)")
 
 
+def _check_np(n: int) -> int:
+    if n < 1:
+        raise ConfigurationError(f"-np {n}: needs at least 1 worker process")
+    return n
+
+
 def _options(a: argparse.Namespace) -> PlannerOptions:
-    return PlannerOptions(
+    """The planner options from the flags, every numeric one checked up front (one line naming the flag)."""
+    opts = PlannerOptions(
         gpu_memory_target_gb=a.gpu_memory_target,
         overwrite_target_spacing=tuple(a.overwrite_target_spacing) if a.overwrite_target_spacing else None,
         plans_name=a.plans_name,
         normalization=NormalizationDefaults(ct_window=tuple(a.ct_window), pet_transform=a.pet_transform,
                                             pet_ceiling=a.pet_ceiling),
     )
+    validate_options(opts)
+    return opts
 
 
 def main_plan_and_preprocess(argv: list[str] | None = None) -> int:
@@ -55,8 +65,9 @@ def main_plan_and_preprocess(argv: list[str] | None = None) -> int:
     setup_logging(a.verbose)
 
     def go() -> None:
+        options, n = _options(a), _check_np(a.np)
         for d in a.d:
-            api.plan_and_preprocess(d, a.c, a.np, _options(a), no_pp=a.no_pp, clean=a.clean)
+            api.plan_and_preprocess(d, a.c, n, options, no_pp=a.no_pp, clean=a.clean)
 
     return run(p.prog, go)
 
@@ -68,7 +79,7 @@ def main_extract_fingerprint(argv: list[str] | None = None) -> int:
     p.add_argument("--clean", action="store_true")
     a = p.parse_args(argv)
     setup_logging(a.verbose)
-    return run(p.prog, lambda: [api.extract_fingerprint_step(d, a.np, a.clean) for d in a.d] and None)
+    return run(p.prog, lambda: [api.extract_fingerprint_step(d, _check_np(a.np), a.clean) for d in a.d] and None)
 
 
 def main_plan_experiment(argv: list[str] | None = None) -> int:
@@ -88,7 +99,7 @@ def main_preprocess(argv: list[str] | None = None) -> int:
     p.add_argument("-plans_name", default=DEFAULT_PLANS_NAME)
     a = p.parse_args(argv)
     setup_logging(a.verbose)
-    return run(p.prog, lambda: [api.preprocess_step(d, a.c, a.np, a.plans_name) for d in a.d] and None)
+    return run(p.prog, lambda: [api.preprocess_step(d, a.c, _check_np(a.np), a.plans_name) for d in a.d] and None)
 
 
 if __name__ == "__main__":

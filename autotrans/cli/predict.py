@@ -4,12 +4,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 import torch
 
 from autotrans.cli.common import run, setup_logging
 from autotrans.errors import ConfigurationError
-from autotrans.inference.folder import predict_folder
+from autotrans.inference.folder import check_output_target, predict_folder
 from autotrans.inference.models import DEFAULT_CHECKPOINT, load_model, select_model
 from autotrans.inference.predictor import Predictor, PredictorSettings
 
@@ -22,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Predict the target modality for every case in -i ({CASE}_0000{ending}, ...); writes "
                     "{CASE}{ending} to -o with the input's exact geometry, in physical units.")
     p.add_argument("-i", required=True, metavar="IN", help="folder of input cases in the raw naming")
-    p.add_argument("-o", required=True, metavar="OUT", help="output folder (created if missing)")
+    p.add_argument("-o", required=True, metavar="OUT",
+                   help="output folder (created if missing; must not be the input folder)")
     p.add_argument("-d", default=None, metavar="DATASET", help="dataset id or name (needed when several models exist)")
     p.add_argument("-c", default=None, metavar="CONFIG", help="configuration, e.g. 3d_fullres")
     p.add_argument("-m", default=None, metavar="MODEL", help="model family, e.g. pix2pix")
@@ -31,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folds to ensemble, e.g. 0 1 2 3 4, or 'all' (default: every trained fold)")
     p.add_argument("-chk", default=DEFAULT_CHECKPOINT, metavar="CHECKPOINT",
                    help=f"checkpoint file name (default {DEFAULT_CHECKPOINT})")
-    p.add_argument("-step_size", type=float, default=0.5, help="tile stride as a fraction of the patch (default 0.5)")
+    p.add_argument("-step_size", type=float, default=0.5,
+                   help="tile stride as a fraction of the patch, in (0, 1] (default 0.5)")
     p.add_argument("--blend", choices=("gaussian", "mean"), default="gaussian", help="tile blending (default gaussian)")
     p.add_argument("--disable_tta", action="store_true", help="no mirror test-time augmentation")
     p.add_argument("--steps", type=int, default=None, metavar="N",
@@ -59,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigurationError("-device cuda: no CUDA device is available (use -device cpu)")
         if a.steps is not None and a.steps < 1:
             raise ConfigurationError(f"--steps {a.steps}: must be >= 1")
+        if not 0 < a.step_size <= 1:  # also NaN
+            raise ConfigurationError(f"-step_size {a.step_size:g}: must be in (0, 1], the tile stride as a "
+                                     f"fraction of the patch (0.5 = half-patch overlap)")
+        check_output_target(Path(a.i), Path(a.o))  # -o a file, or -o == -i: refused before loading anything
         settings = PredictorSettings(step_size=a.step_size, blend=a.blend, tta=not a.disable_tta, seed=a.seed,
                                      batch_size=a.batch_size, device=a.device, bf16=not a.fp32,
                                      save_uncertainty=a.save_uncertainty)

@@ -8,9 +8,11 @@ import sys
 from pathlib import Path
 
 from autotrans.cli.common import run, setup_logging
-from autotrans.dataset.cbct import CBCTSimulationParams, build_simulated_cbct_dataset, case_rng, simulate_cbct
+from autotrans.dataset.cbct import (CBCTSimulationParams, build_simulated_cbct_dataset, case_rng, check_ct,
+                                    simulate_cbct)
 from autotrans.errors import ConfigurationError
 from autotrans.io import SUPPORTED_ENDINGS, file_ending, read_image, write_image
+from autotrans.utils.files import ensure_writable_folder
 
 logger = logging.getLogger("autotrans.simulate_cbct")
 
@@ -78,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.output:
             if len(files) != 1:
                 raise ConfigurationError(f"-o takes exactly one input CT, got {len(files)}; use -d for several")
+            ensure_writable_folder(Path(args.output).expanduser().resolve().parent)  # before the simulation
             ct, geo = read_image(files[0])
+            check_ct(ct, _case_id(files[0]), files[0])
             cbct = simulate_cbct(ct, geo.spacing_zyx, case_rng(args.seed, _case_id(files[0])), params, progress=True)
             write_image(cbct, geo, args.output)
             logger.info("wrote %s", args.output)

@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-device", "--device", default="cuda", help="cpu, cuda or mps (cuda)")
     p.add_argument("--epochs", type=int, default=None, help="number of epochs (plan, else 1000)")
     p.add_argument("--iterations", type=int, default=None, help="training iterations per epoch (plan, else 250)")
-    p.add_argument("--val_iterations", type=int, default=None, help="validation batches per epoch (plan, else 50)")
+    p.add_argument("--val_iterations", type=int, default=None,
+                   help="validation batches per epoch (plan, else iterations // 5, at least 1, at most 50; 0: none)")
     p.add_argument("--batch_size", type=int, default=None, help="global batch size (plan's family section)")
     p.add_argument("-num_gpus", "--num_gpus", type=int, default=1,
                    help="processes for DistributedDataParallel (GPUs; with -device cpu: gloo processes)")

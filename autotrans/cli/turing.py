@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import ipaddress
 import logging
 import signal
 import sys
 
 from autotrans.cli.common import run, setup_logging
-from autotrans.errors import AutotransError
+from autotrans.errors import AutotransError, ConfigurationError
 
 logger = logging.getLogger("autotrans.turing")
 
@@ -51,11 +52,15 @@ def _serve(args: argparse.Namespace) -> int:
     from autotrans.turing.server import make_server
     from autotrans.turing.study import Study
 
+    if not 0 <= args.port <= 65535:
+        raise ConfigurationError(f"--port {args.port}: choose a port from 1 to 65535 (or 0: any free port)")
     study = Study.load(args.study)
     try:
         server = make_server(study, args.host, args.port)
-    except OSError as e:
-        raise AutotransError(f"cannot listen on {args.host}:{args.port} ({e.strerror or e})") from None
+    except (OSError, OverflowError) as e:  # port in use, no such interface, address not allowed
+        hint = "; choose another --port" if getattr(e, "errno", None) == errno.EADDRINUSE else ""
+        why = getattr(e, "strerror", None) or e
+        raise AutotransError(f"cannot listen on {args.host}:{args.port} ({why}{hint})") from None
     if not _is_loopback(args.host):
         logger.warning("listening on %s: readers' answers travel unencrypted; put a TLS proxy in front", args.host)
     print(f"Serving {args.study} at {server.url} (Ctrl+C to stop)")
@@ -73,7 +78,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _analyze(args: argparse.Namespace) -> int:
     from autotrans.turing.analysis import analyze_studies
+    from autotrans.utils.files import ensure_writable_dir
 
+    ensure_writable_dir(args.output, "-o")  # a read-only report folder fails before any work
     summary = analyze_studies(args.study, args.output)
     acc = summary["overall"]["accuracy"]
     print(
@@ -106,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="serve the reader web app for a study")
     s.add_argument("study", help="study folder made by 'create'")
     s.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
-    s.add_argument("--port", type=int, default=8080)
+    s.add_argument("--port", type=int, default=8080, help="TCP port, 1-65535 (0: any free port) (8080)")
     s.add_argument("--url", default=None, help="public address for the printed links (e.g. behind a proxy)")
     s.set_defaults(func=_serve)
 

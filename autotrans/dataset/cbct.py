@@ -29,10 +29,11 @@ from scipy import ndimage
 from skimage.transform import iradon, radon
 from tqdm import tqdm
 
-from autotrans.dataset.converters.common import body_mask_from_ct
+from autotrans.dataset.converters.common import body_mask_from_ct, ensure_dataset_id_free
+from autotrans.dataset.units import ct_units_problem
 from autotrans.dataset.format import ChannelInfo, DatasetJson, save_dataset_json
 from autotrans.errors import ConfigurationError
-from autotrans.utils.files import atomic_directory, ensure_replaceable
+from autotrans.utils.files import atomic_directory, ensure_replaceable, ensure_writable_folder
 from autotrans.io import read_image, write_image
 from autotrans.paths import dataset_folder_name, raw_root
 
@@ -187,10 +188,24 @@ def case_rng(seed: int, case_id: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(case_id.encode("utf-8"))])
 
 
+def check_ct(ct: np.ndarray, case_id: str, path: Path) -> None:
+    """Refuse a CT with NaN/Inf voxels (the projections would be NaN), naming the case; warn when its values do
+    not look like HU (the simulator maps HU to attenuation)."""
+    finite = np.isfinite(ct)
+    if not finite.all():
+        n_nan, n_inf = int(np.isnan(ct).sum()), int(np.isinf(ct).sum())
+        raise ConfigurationError(f"{case_id}: CT {path} contains {n_nan} NaN and {n_inf} Inf voxels; "
+                                 "the simulator needs finite HU values")
+    why = ct_units_problem(float(ct.min()), float(ct.max())) if ct.size else None
+    if why:
+        logger.warning("%s: %s: %s", case_id, path, why)
+
+
 def _write_case(root: Path, case_id: str, ct_path: Path, mask_path: Path | None,
                 params: CBCTSimulationParams, seed: int) -> None:
     """Simulate one case and write its CBCT, CT and field-of-view-limited body mask under ``root``."""
     ct, geo = read_image(ct_path)
+    check_ct(ct, case_id, ct_path)
     if mask_path is not None:
         mask, mgeo = read_image(mask_path, dtype=np.uint8)
         if (why := geo.mismatch(mgeo)) is not None:
@@ -225,7 +240,9 @@ def build_simulated_cbct_dataset(
         raise ConfigurationError("no CT volumes given to simulate CBCT from")
     folder = dataset_folder_name(dataset_id, name)
     dest = raw_root() / folder
+    ensure_dataset_id_free(dataset_id, folder)
     ensure_replaceable(dest, overwrite)
+    ensure_writable_folder(dest.parent)  # a read-only raw root fails before any CT is simulated
     ids = [c for c, _, _ in cts]
     if len(set(ids)) != len(ids):
         raise ConfigurationError(f"duplicate case ids among the CTs: {sorted({c for c in ids if ids.count(c) > 1})}")

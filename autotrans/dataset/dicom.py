@@ -101,11 +101,117 @@ def choose_series(folder: str | os.PathLike, uid: str | None = None) -> tuple[Di
 def read_series(series: DicomSeries) -> sitk.Image:
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(f) for f in series.files])
+    warn = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK's own "non uniform sampling" note: checked by us
     try:
         return reader.Execute()
     except RuntimeError as e:
         last = str(e).strip().splitlines()[-1] if str(e).strip() else "reader error"
         raise DicomError(f"series {series.uid}: unreadable ({last})") from None
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warn)
+
+
+# ------------------------------------------------------------------------------- slice positions
+
+#: relative deviation of one slice step from the series' nominal step that counts as irregular
+SPACING_RTOL = 0.05
+#: absolute tolerance (mm) for rounded positions in the headers
+SPACING_ATOL = 0.01
+
+
+@dataclass(frozen=True)
+class SliceLayout:
+    """Where the slices of a single-frame series lie along the slice normal.
+
+    ``files`` and ``positions`` (mm along ``normal``, from the ImagePositionPatient of each file) are sorted
+    along the normal; ``step`` is the nominal (median) distance of neighbouring slices.
+    """
+
+    files: tuple[Path, ...]
+    positions: np.ndarray
+    normal: np.ndarray
+    row: np.ndarray
+    col: np.ndarray
+    step: float
+
+    def irregularities(self) -> list[str]:
+        """One phrase per gap (missing slices) or irregular step, in mm and slice indices of the uniform grid."""
+        out = []
+        p, step = self.positions, self.step
+        tol = max(SPACING_RTOL * step, SPACING_ATOL)
+        for i, d in enumerate(np.diff(p)):
+            if abs(d - step) <= tol:
+                continue
+            k0 = int(round((p[i] - p[0]) / step))
+            if d > step + tol and abs(d / step - round(d / step)) * step <= tol:
+                missing = int(round(d / step)) - 1
+                out.append(f"{missing} slice(s) missing between {p[i]:.2f} and {p[i + 1]:.2f} mm "
+                           f"(slice indices {k0 + 1}..{k0 + missing} of the {step:.4g} mm grid)")
+            else:
+                out.append(f"irregular slice step {d:.4g} mm between {p[i]:.2f} and {p[i + 1]:.2f} mm "
+                           f"(after slice {i} of {len(p)}; nominal step {step:.4g} mm)")
+        return out
+
+
+def slice_layout(series: DicomSeries) -> SliceLayout | None:
+    """Slice positions along the normal from each file's header; None when they cannot be checked (a single
+    slice, multi-frame files, missing ImagePositionPatient/ImageOrientationPatient)."""
+    if len(series.files) < 3:
+        return None
+    positions, orientation = [], None
+    for f in series.files:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(f))
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError:
+            return None
+        ipp, iop = _tag(reader, "0020|0032"), _tag(reader, "0020|0037")
+        frames = _tag(reader, "0028|0008")
+        if not ipp or not iop or (frames and frames.strip() not in ("", "1")):
+            return None
+        try:
+            pos = np.array([float(v) for v in ipp.split("\\")], dtype=float)
+            ori = np.array([float(v) for v in iop.split("\\")], dtype=float)
+        except ValueError:
+            return None
+        if pos.shape != (3,) or ori.shape != (6,):
+            return None
+        if orientation is None:
+            orientation = ori
+        elif not np.allclose(ori, orientation, atol=1e-4):
+            raise DicomError(f"series {series.uid}: slices with different ImageOrientationPatient ({f.name}); "
+                             "not one volume")
+        positions.append(pos)
+    row, col = orientation[:3], orientation[3:]
+    normal = np.cross(row, col)
+    along = np.array([float(np.dot(p, normal)) for p in positions])
+    order = np.argsort(along, kind="stable")
+    along = along[order]
+    files = tuple(series.files[i] for i in order)
+    d = np.diff(along)
+    dup = np.flatnonzero(d <= SPACING_ATOL)
+    if dup.size:
+        i = int(dup[0])
+        raise DicomError(f"series {series.uid}: {files[i].name} and {files[i + 1].name} lie at the same position "
+                         f"{along[i]:.2f} mm along the slice normal (duplicated slices or several volumes in one "
+                         "series); pick the files of one volume")
+    return SliceLayout(files=files, positions=along, normal=normal, row=row, col=col, step=float(np.median(d)))
+
+
+def resample_uniform(arr: np.ndarray, layout: SliceLayout) -> tuple[np.ndarray, float]:
+    """``arr`` (slices in ``layout`` order) on a uniform grid from the first to the last slice, missing slices
+    filled by linear interpolation between their neighbours along the normal; returns it and its step."""
+    p = layout.positions - layout.positions[0]
+    n = int(round(p[-1] / layout.step)) + 1
+    step = float(p[-1] / (n - 1))
+    t = np.arange(n) * step
+    i = np.clip(np.searchsorted(p, t, side="right") - 1, 0, len(p) - 2)
+    w = ((t - p[i]) / (p[i + 1] - p[i])).astype(np.float32)
+    a = arr.astype(np.float32, copy=False)
+    out = (1.0 - w)[:, None, None] * a[i] + w[:, None, None] * a[i + 1]
+    return out.astype(np.float32), step
 
 
 # ---------------------------------------------------------------------------------------- SUV
@@ -237,9 +343,16 @@ def read_headers(files: tuple[Path, ...]) -> list[Any]:
 
 
 def convert_series(
-    folder: str | os.PathLike, out: str | os.PathLike, suv: bool = False, series_uid: str | None = None
+    folder: str | os.PathLike, out: str | os.PathLike, suv: bool = False, series_uid: str | None = None,
+    allow_gaps: bool = False,
 ) -> DicomConversion:
-    """Convert one series of ``folder`` (the largest unless ``series_uid``) to ``out`` (.nii.gz/.mha/...)."""
+    """Convert one series of ``folder`` (the largest unless ``series_uid``) to ``out`` (.nii.gz/.mha/...).
+
+    The slice positions along the slice normal are checked first: a series with missing slices or irregular
+    steps would get one wrong uniform spacing (ITK averages over the gap), so it is refused, naming the gap in
+    mm and slice indices, unless ``allow_gaps``: then it is resampled onto a uniform grid at the series' own
+    step, the gap filled by linear interpolation across it, and a warning says so.
+    """
     folder, out = Path(folder), Path(out)
     try:
         file_ending(out)
@@ -252,6 +365,15 @@ def convert_series(
     stray = [p for p in sorted(folder.iterdir()) if p.is_file() and p.resolve() not in in_series]
     if stray:
         logger.info("%s: %d file(s) in no image series, ignored (e.g. %s)", folder, len(stray), stray[0].name)
+    layout = slice_layout(series)
+    gaps = layout.irregularities() if layout is not None else []
+    if gaps:
+        where = f"{folder} series {series.uid}"
+        if not allow_gaps:
+            raise DicomError(f"{where}: {'; '.join(gaps)}; a uniform spacing would be wrong (pass --allow_gaps to "
+                             "resample onto a uniform grid, interpolating linearly across the gap)")
+        series = DicomSeries(uid=series.uid, files=layout.files, modality=series.modality,
+                             description=series.description)  # read in the order of the positions
     img = read_series(series)
     geometry = Geometry.from_sitk(img)
     arr = sitk.GetArrayFromImage(img)
@@ -268,5 +390,25 @@ def convert_series(
         result.suv_factors, result.notes = factors, notes
         for n in notes:
             logger.info("%s", n)
+    if gaps:
+        assert layout is not None
+        arr, step = resample_uniform(arr, layout)
+        direction = np.stack([layout.row, layout.col, layout.normal], axis=1)  # columns: x, y, z axes
+        first = _position(layout.files[0])
+        geometry = Geometry(size=(geometry.size[0], geometry.size[1], int(arr.shape[0])),
+                            spacing=(geometry.spacing[0], geometry.spacing[1], step),
+                            origin=tuple(float(v) for v in first), direction=tuple(float(v) for v in direction.ravel()))
+        result.geometry = geometry
+        note = (f"{'; '.join(gaps)}: resampled onto a uniform {step:.4g} mm grid of {arr.shape[0]} slices, the gap "
+                "filled by linear interpolation across it (those slices were not measured)")
+        result.notes.append(note)
+        logger.warning("%s: %s", folder, note)
     write_image(arr, geometry, out)
     return result
+
+
+def _position(f: Path) -> np.ndarray:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(f))
+    reader.ReadImageInformation()
+    return np.array([float(v) for v in _tag(reader, "0020|0032").split("\\")])

@@ -34,6 +34,14 @@ def _check_values(case: str, label: str, arr: np.ndarray, problems: list[tuple[s
         problems.append((case, f"{label} contains {n_nan} NaN and {n_inf} Inf voxels"))
 
 
+def lesion_label_problem(values: np.ndarray) -> str | None:
+    """The one rule for lesion maps (dataset check and ``autotrans_evaluate``): non-negative integer labels."""
+    values = np.unique(values)
+    if (values < 0).any() or not np.allclose(values, np.round(values)):
+        return "lesion map must hold non-negative integer labels"
+    return None
+
+
 def load_case(cf: CaseFiles, dj: DatasetJson) -> tuple[CaseArrays | None, list[tuple[str, str]]]:
     """Read and validate one case. Returns the arrays (None when unusable) and the problems found."""
     problems: list[tuple[str, str]] = []
@@ -67,8 +75,8 @@ def load_case(cf: CaseFiles, dj: DatasetJson) -> tuple[CaseArrays | None, list[t
                 problems.append((case, f"mask is not binary (values {shown}{'...' if len(values) > 6 else ''})"))
             elif not (arr > 0).any():
                 problems.append((case, "mask is empty (no voxel is 1)"))
-        elif (values < 0).any() or not np.allclose(values, np.round(values)):
-            problems.append((case, "lesion map must hold non-negative integer labels"))
+        elif (bad_labels := lesion_label_problem(values)) is not None:
+            problems.append((case, bad_labels))
     if problems or reference is None:
         if reference is None and not problems:
             problems.append((case, "no readable files"))

@@ -19,8 +19,9 @@ from tqdm import tqdm
 from autotrans.errors import ConfigurationError, DatasetError
 from autotrans.evaluation.lesions import stratify
 from autotrans.evaluation.standards import STANDARD_METRICS, evaluate_case
+from autotrans.evaluation.strict_json import save_strict_json
 from autotrans.io import SUPPORTED_ENDINGS, file_ending, read_geometry, read_image
-from autotrans.utils.files import atomic_path, save_json
+from autotrans.utils.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -163,9 +164,15 @@ def evaluate_folders(
 
 
 def write_results(result: dict[str, Any], out_json: PathLike) -> None:
-    """JSON plus ``<stem>.csv`` (one row per case) and, with lesions, ``<stem>_lesions.csv``."""
+    """JSON plus ``<stem>.csv`` (one row per case) and, with lesions, ``<stem>_lesions.csv``.
+
+    The JSON is strict: an infinite score (PSNR of an identical prediction) is ``null`` with
+    ``"<metric>_infinite": true`` beside it, an undefined one ``null`` (see :mod:`strict_json`)."""
     out_json = Path(out_json)
-    save_json(result, out_json)
+    if out_json.is_dir():
+        raise ConfigurationError(f"-o {out_json} is a folder; give a file name, e.g. "
+                                 f"{out_json / 'evaluation.json'}")
+    save_strict_json(result, out_json)
     stem = out_json.with_suffix("")
     names = list(result["aggregate"])
     with atomic_path(out_json.with_suffix(".csv"), suffix=".csv") as tmp, \

@@ -150,7 +150,8 @@ def resolve_range(ref: np.ndarray, mask: np.ndarray, modality: str, value_range:
 
 def check_inputs(ref: np.ndarray, pred: np.ndarray, mask: np.ndarray | None, lesions: np.ndarray | None,
                  case: str) -> np.ndarray:
-    """Shapes agree, values are finite, the mask is not empty; returns the boolean mask."""
+    """Shapes agree, values are finite, the mask is not empty, lesion labels are non-negative integers (the
+    dataset check's rule); returns the boolean mask."""
     for name, arr in (("prediction", pred), ("mask", mask), ("lesion map", lesions)):
         if arr is not None and arr.shape != ref.shape:
             raise EvaluationError(f"{case}: {name} shape {arr.shape} differs from reference {ref.shape}")
@@ -162,6 +163,12 @@ def check_inputs(ref: np.ndarray, pred: np.ndarray, mask: np.ndarray | None, les
     m = np.ones(ref.shape, dtype=bool) if mask is None else np.asarray(mask) > 0
     if not m.any():
         raise EvaluationError(f"{case}: mask is empty")
+    if lesions is not None:
+        from autotrans.dataset.integrity import lesion_label_problem  # the dataset check's own rule
+
+        problem = lesion_label_problem(np.asarray(lesions))
+        if problem is not None:
+            raise EvaluationError(f"{case}: {problem}")
     return m
 
 

@@ -18,7 +18,8 @@ from scipy import stats
 
 from autotrans.errors import ConfigurationError, DatasetError
 from autotrans.evaluation.standards import METRIC_DIRECTION
-from autotrans.utils.files import atomic_path, load_json, save_json
+from autotrans.evaluation.strict_json import load_results, save_strict_json
+from autotrans.utils.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -134,10 +135,36 @@ def draw_cd_diagram(result: dict[str, Any], metric: str, path: str | os.PathLike
 
 
 def _load(run: str | os.PathLike | dict[str, Any]) -> dict[str, Any]:
-    data = run if isinstance(run, dict) else load_json(run)
-    if "cases" not in data:
-        raise ConfigurationError(f"{run}: not an autotrans_evaluate result (no 'cases')")
+    """One result, checked: a file that is missing, not JSON or not a result is one clear error naming it."""
+    if isinstance(run, dict):
+        data = run
+    else:
+        if not Path(run).is_file():
+            raise ConfigurationError(f"--compare {run}: no such file")
+        try:
+            data = load_results(run)
+        except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+            raise ConfigurationError(f"--compare {run}: not valid JSON ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("cases"), dict) \
+            or not all(isinstance(v, dict) for v in data["cases"].values()):
+        raise ConfigurationError(f"--compare {run}: not an autotrans_evaluate result (no 'cases' table)")
     return data
+
+
+def check_alpha(alpha: float) -> float:
+    if not (isinstance(alpha, (int, float)) and 0.0 < alpha < 1.0):
+        raise ConfigurationError(f"--alpha {alpha}: must lie strictly between 0 and 1 (e.g. 0.05)")
+    return float(alpha)
+
+
+def _score(case: dict[str, Any], metric: str) -> float:
+    """A case's score as a number: null (undefined, as strict JSON writes it) is NaN."""
+    v = case[metric]
+    if v is None:
+        return math.nan
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ConfigurationError(f"{metric}: {v!r} is not a number")
+    return float(v)
 
 
 def _names(runs: Sequence[Any], names: Sequence[str] | None) -> list[str]:
@@ -162,6 +189,7 @@ def compare_runs(runs: Sequence[str | os.PathLike | dict[str, Any]], names: Sequ
     """Compare evaluation results of several models on the same cases (see documentation)."""
     if len(runs) < 2:
         raise ConfigurationError("--compare needs at least two result files")
+    alpha = check_alpha(alpha)
     data = [_load(r) for r in runs]
     models = _names(runs, names)
     standards = {d.get("standard") for d in data}
@@ -180,7 +208,7 @@ def compare_runs(runs: Sequence[str | os.PathLike | dict[str, Any]], names: Sequ
         missing = [(c, f"{m} has no {metric}") for c in cases for m, d in zip(models, data) if metric not in d["cases"][c]]
         if missing:
             raise DatasetError(missing, header=f"metric {metric} missing")
-        table = np.array([[float(d["cases"][c][metric]) for d in data] for c in cases], dtype=np.float64)
+        table = np.array([[_score(d["cases"][c], metric) for d in data] for c in cases], dtype=np.float64)
         finite = np.isfinite(table).all(axis=1)
         dropped = [c for c, ok in zip(cases, finite) if not ok]
         if dropped:
@@ -198,6 +226,6 @@ def compare_runs(runs: Sequence[str | os.PathLike | dict[str, Any]], names: Sequ
                 png = out_json.with_name(f"{out_json.stem}_cd_{metric}.png")
                 draw_cd_diagram(res, metric, png)
                 res["cd_diagram"] = png.name
-        save_json(result, out_json)
+        save_strict_json(result, out_json)
         log.info("wrote %s", out_json)
     return result

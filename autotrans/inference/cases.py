@@ -12,15 +12,15 @@ from typing import Any
 
 import numpy as np
 
+from autotrans.dataset.units import CT_MIN_PLAUSIBLE_FLOOR
 from autotrans.errors import ConfigurationError, DatasetError
 from autotrans.io import Geometry, ImageReadError, SUPPORTED_ENDINGS, read_geometry, read_image
 from autotrans.planning.plans import Plans
 from autotrans.preprocessing.preprocessor import preprocess_arrays
+from autotrans.utils.files import is_hidden
 
 logger = logging.getLogger(__name__)
 
-#: a CT in HU always contains air (about -1000 HU) unless it is cropped inside the body
-CT_MIN_PLAUSIBLE_FLOOR = -200.0
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def discover_inputs(folder: Path, num_channels: int) -> list[InputCase]:
     endings: dict[str, set[str]] = {}
     problems: list[tuple[str, str]] = []
     for f in sorted(folder.iterdir()):
-        if f.name.startswith(".") or not f.is_file():
+        if is_hidden(f) or not f.is_file():  # hidden: temporaries of an interrupted write, editors' files
             continue
         parsed = _split_name(f.name)
         if parsed is False:

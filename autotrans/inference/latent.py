@@ -37,7 +37,7 @@ from typing import Any, Callable
 
 import torch
 
-from autotrans.inference.windows import sliding_window, tile_slices
+from autotrans.inference.windows import count_tiles, sliding_window
 from autotrans.networks.shuffle import pixel_shuffle_3d, pixel_unshuffle_3d
 
 logger = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ def predict_latent_volume(volume: torch.Tensor, family: Any, step_size: float = 
 
     z_target = sliding_window(stacked, _runner(sample, device, bf16), latent_patch, step_size, blend, batch_size,
                               0.0, device, generator=generator)
-    timings["tiles"] = len(tile_slices(latent_shape, latent_patch, step_size))
+    timings["tiles"] = count_tiles(latent_shape, latent_patch, step_size)
     t2 = clock(device)
 
     # (d) decode: latent tiles -> image tiles, Gaussian blending

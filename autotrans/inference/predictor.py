@@ -38,7 +38,7 @@ from autotrans.errors import ConfigurationError
 from autotrans.inference.cases import intensity_warnings, preprocess_case
 from autotrans.inference.latent import clock, is_latent, predict_latent_volume
 from autotrans.inference.models import LoadedFold, LoadedModel
-from autotrans.inference.windows import BLEND_MODES, sliding_window
+from autotrans.inference.windows import BLEND_MODES, count_tiles, sliding_window
 from autotrans.io import Geometry, read_image
 from autotrans.planning.plans import Configuration, Plans
 from autotrans.preprocessing.preprocessor import export_prediction
@@ -158,6 +158,35 @@ class Predictor:
             case_timings[fold.fold] = timing
         self.timings[case_id] = case_timings
         return out
+
+    def window_patch(self, fold: LoadedFold) -> list[int]:
+        """The patch ``step_size`` applies to: the plan's patch, or a latent family's latent patch."""
+        if is_latent(fold.family):
+            return [int(p) for p in fold.family.latent_patch_size]
+        return [int(p) for p in self.configuration.patch_size]
+
+    def workload(self, shape: Sequence[int]) -> tuple[int, int, int]:
+        """``(tiles per pass, passes, tile predictions)`` for a preprocessed volume of spatial ``shape``.
+
+        A pass is one fold under one mirror combination; tile predictions are the sum of tiles over all passes
+        (what the network runs). Latent families count the tiles of their sampler window, each one a full
+        sampler run (their encoder and decoder windows have as many, much cheaper, tiles). Counted, not built.
+        """
+        s = self.settings
+        per_pass = passes = total = 0
+        for fold in self.model.folds:
+            mirrors = len(mirror_combinations(fold.mirror_axes)) if s.tta and fold.mirror_axes else 1
+            patch = self.window_patch(fold)
+            if is_latent(fold.family):
+                f = int(fold.family.downsampling_factor)
+                shape_ = [max(-(-int(n) // f) * f, p * f) // f for n, p in zip(shape, patch)]
+            else:
+                shape_ = [int(n) for n in shape]
+            tiles = count_tiles(shape_, patch, s.step_size)
+            per_pass = max(per_pass, tiles)
+            passes += mirrors
+            total += tiles * mirrors
+        return per_pass, passes, total
 
     def _predict_latent(self, volume: torch.Tensor, fold: LoadedFold, generator: torch.Generator | None
                         ) -> tuple[torch.Tensor, dict[str, Any]]:

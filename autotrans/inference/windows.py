@@ -27,6 +27,7 @@ import functools
 import itertools
 import logging
 import math
+import time
 from fractions import Fraction
 from typing import Callable, Sequence, Union
 
@@ -37,10 +38,33 @@ logger = logging.getLogger(__name__)
 SIGMA_SCALE = 1.0 / 8.0
 IMPORTANCE_FLOOR = 1e-3
 BLEND_MODES = ("gaussian", "mean")
+#: a window still running after this many seconds logs its progress and the time left, then every
+#: ``PROGRESS_EVERY_S`` (a huge volume or a tiny step size must not sit at 0 % without a word)
+PROGRESS_FIRST_S = 60.0
+PROGRESS_EVERY_S = 600.0
 
 PatchFn = Callable[[torch.Tensor], torch.Tensor]
 Scale = Union[int, float, Fraction, Sequence[Union[int, float, Fraction]]]
 Tile = tuple[slice, ...]
+
+
+def count_starts(size: int, patch: int, step_size: float) -> int:
+    """How many tiles ``compute_starts`` places along one axis (an axis smaller than the patch is padded: 1).
+
+    Never more than ``size - patch + 1``: a stride below one voxel (``patch * step_size < 1``) would only
+    repeat identical tiles, so the tiles then sit at every voxel. For ``patch * step_size >= 1`` the cap never
+    applies (the tiling is unchanged).
+    """
+    if not 0 < step_size <= 1:
+        raise ValueError(f"step_size must be in (0, 1], got {step_size}")
+    if size <= patch:
+        return 1
+    return min(int(math.ceil((size - patch) / (patch * step_size))) + 1, size - patch + 1)
+
+
+def count_tiles(shape: Sequence[int], patch: Sequence[int], step_size: float) -> int:
+    """Number of tiles of a window over ``shape`` (padded to the patch first), without building them."""
+    return math.prod(count_starts(int(s), int(p), step_size) for s, p in zip(shape, patch))
 
 
 def compute_starts(size: int, patch: int, step_size: float) -> list[int]:
@@ -49,7 +73,7 @@ def compute_starts(size: int, patch: int, step_size: float) -> list[int]:
         raise ValueError(f"step_size must be in (0, 1], got {step_size}")
     if size < patch:
         raise ValueError(f"axis of size {size} is smaller than the patch {patch}; pad first")
-    n = int(math.ceil((size - patch) / (patch * step_size))) + 1
+    n = count_starts(size, patch, step_size)
     if n == 1:
         return [0]
     spacing = (size - patch) / (n - 1)
@@ -204,6 +228,15 @@ class _Accumulators:
         return self.values.div_(self.weights)
 
 
+def format_duration(seconds: float) -> str:
+    """``42 s``, ``7.5 min``, ``3.2 h`` (for progress lines and estimates)."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def _batches(tiles: list, batch_size: int) -> list[list]:
     return [tiles[i:i + batch_size] for i in range(0, len(tiles), batch_size)]
 
@@ -263,6 +296,7 @@ def sliding_window(volume: torch.Tensor, predict: PatchFn, patch_size: Sequence[
         tiles = scaled_tiles(padded.shape[1:], patch, step_size, scales)
     weight = importance_map(out_patch, blend)
     acc: _Accumulators | None = None
+    started, next_report, done = time.perf_counter(), PROGRESS_FIRST_S, 0
     for batch in _batches(tiles, max(1, int(batch_size))):
         in_tiles, out_tiles = [t[0] for t in batch], [t[1] for t in batch]
         state = generator.get_state() if generator is not None else None
@@ -278,5 +312,12 @@ def sliding_window(volume: torch.Tensor, predict: PatchFn, patch_size: Sequence[
                     raise
                 if state is not None:
                     generator.set_state(state)
+        done += len(batch)
+        elapsed = time.perf_counter() - started
+        if elapsed >= next_report and done < len(tiles):
+            left = elapsed / done * (len(tiles) - done)
+            logger.info("sliding window: %s of %s tiles after %s; about %s left for this window",
+                        f"{done:,}", f"{len(tiles):,}", format_duration(elapsed), format_duration(left))
+            next_report = elapsed + PROGRESS_EVERY_S
     assert acc is not None  # at least one tile always exists
     return acc.result()[(slice(None), *out_inner)]

@@ -72,14 +72,17 @@ def case_fingerprint(cf: CaseFiles, dj: DatasetJson, seed: int = 1234) -> tuple[
         "channels": {},
         "target": None,
         "samples": {},
+        "image_range": {},  # whole-image [min, max] per source channel and target: the unit checks need air
     }
     if arrays.source is not None:
         for i in range(arrays.source.shape[0]):
             flat = arrays.source[i].reshape(-1)
             out["channels"][str(i)] = intensity_stats(flat[idx])
             out["samples"][str(i)] = flat[sample].astype(np.float32)
+            out["image_range"][str(i)] = [float(flat.min()), float(flat.max())]
     if arrays.target is not None:
         flat = arrays.target.reshape(-1)
+        out["image_range"]["target"] = [float(flat.min()), float(flat.max())]
         out["target"] = intensity_stats(flat[idx])
         out["samples"]["target"] = flat[sample].astype(np.float32)
     if arrays.lesions is not None:

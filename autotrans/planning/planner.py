@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from copy import deepcopy
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,7 @@ import numpy as np
 
 from autotrans import __version__
 from autotrans.dataset.format import DatasetJson
+from autotrans.errors import ConfigurationError
 from autotrans.planning.families import plan_families
 from autotrans.planning.topology import pool_and_conv_props
 from autotrans.planning.fingerprint import case_statistics
@@ -38,6 +40,12 @@ LOWRES_THRESHOLD = 0.25
 LOWRES_SPACING_FACTOR = 1.03
 UNET_CLASS = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
 DEFAULT_PLANS_NAME = "autotransPlans"
+#: configurations the planner itself writes; re-planning replaces these and keeps only user-added ones
+GENERATED_CONFIGURATIONS = ("3d_fullres", "3d_lowres")
+#: the planned images (median voxels at the target spacing) may hold this many times the raw voxels before a
+#: warning, and at most this many times (a 0.01 mm target on 6 mm data: a 10^8-fold upsampling) before refusal
+UPSAMPLING_WARN = 10.0
+UPSAMPLING_MAX = 1000.0
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,44 @@ class PlannerOptions:
     plans_name: str = DEFAULT_PLANS_NAME
     output_channels: int = 1  # the generator predicts the target: one channel
     normalization: NormalizationDefaults = field(default_factory=NormalizationDefaults)
+
+
+def validate_options(options: PlannerOptions) -> None:
+    """Refuse numeric planner settings that cannot give a plan, with one line naming the flag."""
+    gb = options.gpu_memory_target_gb
+    if not (isinstance(gb, (int, float)) and math.isfinite(gb) and gb > 0):
+        raise ConfigurationError(f"-gpu_memory_target {gb:g}: must be a positive number of GB (e.g. 8)")
+    ts = options.overwrite_target_spacing
+    if ts is not None:
+        if len(ts) != 3 or not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in ts):
+            raise ConfigurationError(f"--overwrite_target_spacing {' '.join(f'{v:g}' for v in ts)}: "
+                                     "needs three positive spacings in mm (z y x)")
+    norm = options.normalization
+    lo, hi = (float(v) for v in norm.ct_window)
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ConfigurationError(f"--ct_window {lo:g} {hi:g}: needs two finite HU values, LO < HI")
+    if norm.pet_ceiling is not None and not (math.isfinite(norm.pet_ceiling) and norm.pet_ceiling > 0):
+        raise ConfigurationError(f"--pet_ceiling {norm.pet_ceiling:g}: must be a positive SUV")
+
+
+def check_upsampling(raw_shapes: list, new_shapes: list, target_spacing: np.ndarray, median_spacing: np.ndarray) -> float:
+    """Ratio of planned to raw voxels (medians over cases); warn above ``UPSAMPLING_WARN``, refuse above
+    ``UPSAMPLING_MAX``: such a target spacing invents detail the data do not have and multiplies disk, memory and
+    training time by the same factor."""
+    raw = float(np.median([np.prod(s, dtype=np.float64) for s in raw_shapes]))
+    new = float(np.median([np.prod(s, dtype=np.float64) for s in new_shapes]))
+    ratio = new / max(raw, 1.0)
+    spacing = " x ".join(f"{v:g}" for v in target_spacing)
+    median = " x ".join(f"{v:g}" for v in median_spacing)
+    if ratio > UPSAMPLING_MAX:
+        raise ConfigurationError(
+            f"target spacing {spacing} mm on data of median spacing {median} mm would make the images {ratio:.3g}x "
+            f"larger than the raw ones (at most {UPSAMPLING_MAX:g}x is accepted): choose a coarser "
+            "--overwrite_target_spacing")
+    if ratio > UPSAMPLING_WARN:
+        logger.warning("target spacing %s mm on data of median spacing %s mm makes the images %.3gx larger than the raw "
+                       "ones: disk, memory and training time grow by the same factor", spacing, median, ratio)
+    return ratio
 
 
 def compute_new_shape(shape: list[int], spacing: list[float], new_spacing: list[float]) -> np.ndarray:
@@ -135,6 +181,14 @@ def plan_configuration(spacing: np.ndarray, median_shape: np.ndarray, n_voxels_d
     initial = [round(i) for i in tmp * (256 ** 3 / np.prod(tmp)) ** (1 / 3)]
     initial = [min(i, j) for i, j in zip(initial, median_shape)]
     topo = pool_and_conv_props(list(spacing), initial, UNET_MIN_EDGE)
+    if len(topo.strides) < 2:
+        size = " x ".join(f"{m:g}" for m in median_shape)
+        raise ConfigurationError(
+            f"images of median size {size} voxels at the target spacing {' x '.join(f'{v:g}' for v in spacing)} mm "
+            f"are too small for a U-Net: it needs at least one pooling step, i.e. at least {2 * UNET_MIN_EDGE} voxels "
+            f"along two axes of similar spacing (or {3 * UNET_MIN_EDGE} along one); the smallest supported image is "
+            f"{2 * UNET_MIN_EDGE}x{2 * UNET_MIN_EDGE}x{2 * UNET_MIN_EDGE} voxels (a finer --overwrite_target_spacing "
+            "gives more voxels)")
     arch = _unet_kwargs(topo.strides, topo.kernel_sizes, len(topo.strides))
     patch = list(topo.patch_size)
     estimate = memory(tuple(patch), arch)
@@ -145,8 +199,16 @@ def plan_configuration(spacing: np.ndarray, median_shape: np.ndarray, n_voxels_d
         trial = list(patch)
         trial[axis] -= topo.divisible_by[axis]
         step = pool_and_conv_props(list(spacing), trial, UNET_MIN_EDGE).divisible_by
-        patch[axis] -= step[axis]
-        topo = pool_and_conv_props(list(spacing), patch, UNET_MIN_EDGE)
+        smaller = list(patch)
+        smaller[axis] -= step[axis]
+        shrunk = pool_and_conv_props(list(spacing), smaller, UNET_MIN_EDGE) if min(smaller) > 0 else None
+        if shrunk is None or len(shrunk.strides) < 2:
+            need = estimate / UNET_REFERENCE_BS * 2 / UNET_REFERENCE_VAL_3D * UNET_REFERENCE_GB
+            raise ConfigurationError(
+                f"-gpu_memory_target {gpu_memory_target_gb:g} GB is too small: even the smallest U-Net patch "
+                f"{' x '.join(str(int(p)) for p in patch)} needs about {need:.2g} GB")
+        patch = smaller
+        topo = shrunk
         patch = list(topo.patch_size)
         arch = _unet_kwargs(topo.strides, topo.kernel_sizes, len(topo.strides))
         estimate = memory(tuple(patch), arch)
@@ -181,11 +243,15 @@ def _resampling() -> dict[str, Any]:
 def plan_experiment(fingerprint: dict[str, Any], dj: DatasetJson, dataset_name: str,
                     options: PlannerOptions = PlannerOptions()) -> dict[str, Any]:
     """Derive plans.json from a fingerprint and the dataset description."""
+    validate_options(options)
     spacings = np.array(fingerprint["spacings"], dtype=float)
     shapes = np.array(fingerprint["shapes_after_crop"], dtype=float)
     target_spacing = fullres_target_spacing(spacings, shapes, options.overwrite_target_spacing)
     forward, backward = transpose_for(target_spacing)
     fullres_spacing = target_spacing[forward]
+    check_upsampling(fingerprint["shapes_after_crop"], [np.array(s, dtype=np.float64) * np.array(sp) / target_spacing
+                                                        for s, sp in zip(fingerprint["shapes_after_crop"], fingerprint["spacings"])],
+                     target_spacing, np.median(spacings, 0))
     new_shapes = [compute_new_shape(s, sp, target_spacing) for s, sp in zip(fingerprint["shapes_after_crop"], fingerprint["spacings"])]
     median_shape = np.median(new_shapes, 0)[forward]
     n_voxels = float(np.prod(median_shape, dtype=np.float64) * len(fingerprint["spacings"]))
@@ -225,6 +291,8 @@ def plan_experiment(fingerprint: dict[str, Any], dj: DatasetJson, dataset_name: 
         "normalization": {"source": norm_src, "target": norm_tgt,
                           "target_output_scale": norm_tgt["unit"]},
         "configurations": configurations,
+        # re-planning replaces these and keeps any other configuration (the user's own)
+        "generated_configurations": sorted(configurations),
         "fingerprint_sha1": fingerprint_hash(fingerprint),
     }
 
@@ -264,12 +332,27 @@ def plans_hash(plans: dict[str, Any]) -> str:
 
 
 def merge_user_configurations(new: dict[str, Any], old: dict[str, Any] | None) -> dict[str, Any]:
-    """Keep configurations the user added to an existing plans.json (nnU-Net's re-planning behaviour)."""
+    """Keep configurations the user added to an existing plans.json (nnU-Net's re-planning behaviour).
+
+    Configurations the planner generated last time (listed in ``generated_configurations``; for plans written
+    before that list existed, ``3d_fullres`` and ``3d_lowres``) are not the user's: one that the new plan no
+    longer has (a ``3d_lowres`` the data no longer call for) is dropped, not kept forever.
+    """
     if not old:
         return new
     merged = deepcopy(new)
+    generated_before = set(old.get("generated_configurations", GENERATED_CONFIGURATIONS))
     for name, cfg in old.get("configurations", {}).items():
-        if name not in merged["configurations"]:
-            merged["configurations"][name] = cfg
-            logger.info("kept user configuration %r from the existing plans", name)
+        if name in merged["configurations"]:
+            continue
+        if name in generated_before:
+            logger.info("dropped configuration %r: generated by the previous plan, not planned any more", name)
+            continue
+        merged["configurations"][name] = cfg
+        logger.info("kept user configuration %r from the existing plans", name)
+    for name, cfg in merged["configurations"].items():
+        parent = cfg.get("inherits_from") if isinstance(cfg, dict) else None
+        if parent is not None and parent not in merged["configurations"]:
+            logger.warning("user configuration %r inherits from %r, which the new plans do not have: edit it before "
+                           "using it", name, parent)
     return merged

@@ -30,7 +30,7 @@ from autotrans.preprocessing.cropping import crop_region, crop_slices, nonbackgr
 from autotrans.preprocessing.normalization import Normalization
 from autotrans.preprocessing.resampling import resample_channels, resample_volume
 from autotrans.preprocessing import store
-from autotrans.utils.files import load_json
+from autotrans.utils.files import clean_stale_temps, load_json
 
 logger = logging.getLogger(__name__)
 
@@ -163,19 +163,19 @@ def sample_locations(mask: np.ndarray | None, lesions: np.ndarray | None, seed: 
     return out
 
 
-def _preprocess_one(args: tuple[CaseFiles, DatasetJson, Plans, str, Path, str]
+def _preprocess_one(args: tuple[CaseFiles, DatasetJson, Plans, str, Path, str, str | None]
                     ) -> tuple[str, list[tuple[str, str]], dict[str, int] | None]:
     """(case, problems, the target's clipped-voxel counts or None)."""
-    cf, dj, plans, cfg_name, out_dir, chash = args
+    cf, dj, plans, cfg_name, out_dir, chash, input_sha1 = args
     arrays, problems = load_case(cf, dj)
     if arrays is None:
         return cf.case_id, problems, None
-    problems, props = _preprocess_loaded(arrays, plans, plans.configuration(cfg_name), out_dir, chash)
+    problems, props = _preprocess_loaded(arrays, plans, plans.configuration(cfg_name), out_dir, chash, input_sha1)
     return cf.case_id, problems, (props or {}).get("clipped_voxels", {}).get("target")
 
 
-def _preprocess_loaded(a: CaseArrays, plans: Plans, cfg: Configuration, out_dir: Path, chash: str
-                       ) -> tuple[list[tuple[str, str]], dict[str, Any] | None]:
+def _preprocess_loaded(a: CaseArrays, plans: Plans, cfg: Configuration, out_dir: Path, chash: str,
+                       input_sha1: str | None = None) -> tuple[list[tuple[str, str]], dict[str, Any] | None]:
     try:
         if a.source is None:
             arrays, props = _target_only(a, plans, cfg)
@@ -187,7 +187,7 @@ def _preprocess_loaded(a: CaseArrays, plans: Plans, cfg: Configuration, out_dir:
     locs = sample_locations(arrays["mask"], arrays["lesions"], seed)
     n_les = int((arrays["lesions"] > 0).sum()) if arrays["lesions"] is not None else 0
     props.update(case=a.case_id, config_hash=chash, has_source=a.source is not None,
-                 has_target=a.target is not None, n_lesion_voxels=n_les)
+                 has_target=a.target is not None, n_lesion_voxels=n_les, input_sha1=input_sha1)
     store.save_case(out_dir, a.case_id, arrays, locs, props, cfg.patch_size)
     return [], props
 
@@ -206,25 +206,39 @@ def _target_only(a: CaseArrays, plans: Plans, cfg: Configuration) -> tuple[dict[
 
 
 def preprocess_dataset(cases: dict[str, CaseFiles], dj: DatasetJson, plans: Plans, cfg_name: str, out_dir: Path,
-                       num_processes: int = 2) -> list[str]:
-    """Preprocess every case not already done with the same decisions; returns the cases (re)written."""
+                       num_processes: int = 2, input_signatures: dict[str, str] | None = None) -> list[str]:
+    """Preprocess every case not already done with the same decisions and the same inputs; returns the cases
+    (re)written.
+
+    ``input_signatures`` (case -> hash of the content of its input files, ``planning.api.case_signatures``) is
+    recorded in each case's JSON as ``input_sha1``; a case whose inputs changed since (a flipped target, a
+    corrected mask) is redone even when the plan is unchanged. Without it only the plan's decisions are compared.
+    """
     cfg = plans.configuration(cfg_name)
     chash = config_hash(plans, cfg)
-    todo = []
+    todo, changed = [], []
     for case in sorted(cases):
         props_path = out_dir / f"{case}.json"
         if props_path.exists():
             try:
-                if load_json(props_path).get("config_hash") == chash:
-                    continue
+                props = load_json(props_path)
             except ValueError:
-                pass
+                props = {}
+            if props.get("config_hash") == chash:
+                if input_signatures is None or props.get("input_sha1") == input_signatures.get(case):
+                    continue
+                changed.append(case)
         todo.append(case)
     if len(todo) < len(cases):
-        logger.info("%s: %d of %d cases already preprocessed with these plans, skipped", cfg_name, len(cases) - len(todo), len(cases))
+        logger.info("%s: %d of %d cases already preprocessed with these plans and inputs, skipped", cfg_name,
+                    len(cases) - len(todo), len(cases))
+    if changed:
+        logger.info("%s: input files changed since preprocessing (or were never recorded) for %d case(s), redoing: %s",
+                    cfg_name, len(changed), ", ".join(changed))
     if not todo:
         return []
-    items = [(cases[c], dj, plans, cfg_name, out_dir, chash) for c in todo]
+    sig = input_signatures or {}
+    items = [(cases[c], dj, plans, cfg_name, out_dir, chash, sig.get(c)) for c in todo]
     problems: list[tuple[str, str]] = []
     clipped: dict[str, dict[str, int]] = {}
     desc = f"preprocess {cfg_name}"
@@ -235,13 +249,20 @@ def preprocess_dataset(cases: dict[str, CaseFiles], dj: DatasetJson, plans: Plan
         if counts and counts["below_in_foreground"] + counts["above_in_foreground"] > 0:
             clipped[case] = counts
 
-    if num_processes > 1 and len(items) > 1:
-        with pool_context().Pool(min(num_processes, len(items))) as pool:
-            for r in tqdm(pool.imap_unordered(_preprocess_one, items), total=len(items), desc=desc, unit="case"):
-                collect(r)
-    else:
-        for it in tqdm(items, desc=desc, unit="case"):
-            collect(_preprocess_one(it))
+    clean_stale_temps(out_dir)  # half-written arrays of a killed earlier run
+    try:
+        if num_processes > 1 and len(items) > 1:
+            with pool_context().Pool(min(num_processes, len(items))) as pool:
+                for r in tqdm(pool.imap_unordered(_preprocess_one, items), total=len(items), desc=desc, unit="case"):
+                    collect(r)
+        else:
+            for it in tqdm(items, desc=desc, unit="case"):
+                collect(_preprocess_one(it))
+    except BaseException:
+        # a worker's error (a full disk) ends the pool: the other workers' unfinished temporaries go too, the
+        # finished cases stay
+        clean_stale_temps(out_dir)
+        raise
     if problems:
         raise DatasetError(problems, header="preprocessing failed")
     if clipped:

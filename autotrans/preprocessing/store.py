@@ -7,8 +7,10 @@ export needs. The JSON is written last, so its presence marks a finished case.
 """
 from __future__ import annotations
 
+import errno
 import math
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +47,25 @@ def _write_b2nd(arr: np.ndarray, path: Path, patch_size: list[int]) -> None:
     cparams = {"codec": blosc2.Codec.ZSTD, "clevel": 5, "nthreads": 1}
     with atomic_path(path, suffix=".b2nd") as tmp:
         tmp.unlink()  # blosc2 refuses to overwrite an existing urlpath
-        blosc2.asarray(np.ascontiguousarray(arr), urlpath=str(tmp), chunks=chunks, blocks=blocks, cparams=cparams)
+        try:
+            blosc2.asarray(np.ascontiguousarray(arr), urlpath=str(tmp), chunks=chunks, blocks=blocks, cparams=cparams)
+        except OSError:
+            raise
+        except Exception as e:  # blosc2 reports a failed write (disk full, I/O error) as RuntimeError
+            raise _write_error(path, arr.nbytes, e) from None
+
+
+def _write_error(path: Path, nbytes: int, cause: Exception) -> OSError:
+    """The OSError behind a failed blosc2 write, so the command line prints it as one line naming the file."""
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    if free is not None and free < max(nbytes, 1 << 20):
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    if not os.access(path.parent, os.W_OK):
+        return OSError(errno.EACCES, os.strerror(errno.EACCES), str(path.parent))
+    return OSError(errno.EIO, f"could not write ({type(cause).__name__}: {cause})", str(path))
 
 
 def save_case(out_dir: Path, case: str, arrays: dict[str, np.ndarray | None], locations: dict[str, np.ndarray],

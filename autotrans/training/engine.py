@@ -132,6 +132,9 @@ class Trainer:
         if not val.enabled:
             logger.warning("no validation patches (no paired validation case or --val_iterations 0): "
                            "checkpoint_best.pth is not written")
+        elif self.is_main:
+            logger.info("validation: %d batch(es) of %d patch(es) after each epoch (--val_iterations; default "
+                        "iterations // 5, at most 50)", val.iterations, self.batch_size)
         try:
             for epoch in range(self.start_epoch, int(s.num_epochs)):
                 t0 = time.perf_counter()
@@ -182,7 +185,8 @@ class Trainer:
         extra: dict[str, list[float]] = defaultdict(list)
         own_step = type(self.family).validation_step is not Family.validation_step
         limit = self.family.validation_prediction_limit()
-        for n, raw in enumerate(val):
+        for n, raw in enumerate(tqdm(val, total=val.iterations, desc="validation", unit="batch",
+                                     disable=not self.is_main, leave=False)):
             batch = self.to_device(raw)
             if limit is None or n < limit:
                 params = [val.cases[int(i)].properties.get("target_normalization_params") or {}

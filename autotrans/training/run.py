@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import re
 import shutil
 import sys
 from dataclasses import dataclass, replace
@@ -28,9 +29,10 @@ from autotrans.training.checkpoints import BEST, FINAL, RESUME_ORDER, find_resum
 from autotrans.training.data import FoldData, locate_fold_data
 from autotrans.training.engine import Trainer
 from autotrans.training.progress import add_log_file, new_log_path
-from autotrans.training.settings import TrainSettings, check_device, resolve
+from autotrans.training.settings import (SHARED_OVERRIDES, TrainSettings, check_device, resolve,
+                                         validate_overrides)
 from autotrans.training.validation import final_validation
-from autotrans.utils.files import save_json
+from autotrans.utils.files import clean_stale_temps, save_json
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +60,8 @@ def prepare(settings: TrainSettings) -> Prepared:
     if family_cls.paired_batches and not fold.plans.data.get("paired", True):
         raise ConfigurationError(f"model {settings.model!r} needs paired data, but {fold.folders.name} is unpaired "
                                  "(use cyclegan)")
+    section = fold.configuration.data.get("families", {}).get(settings.model, {})
+    settings = replace(settings, overrides=validate_overrides(settings.model, settings.overrides, section))
     s = resolve(settings, fold.plans, fold.configuration)
     model_dir = results_root() / fold.folders.name / model_folder_name(s.model, s.plans_name, s.configuration)
     fold_dir = model_dir / f"fold_{s.fold}"
@@ -78,6 +82,13 @@ def prepare(settings: TrainSettings) -> Prepared:
         s = replace(s, overrides={**s.overrides, **paths})
     if s.pretrained_weights and not Path(s.pretrained_weights).is_file():
         raise ConfigurationError(f"-pretrained_weights {s.pretrained_weights}: file not found")
+    if s.pretrained_weights and resume_from is None and not s.only_validation:
+        # crafted, corrupt or another model's: refused here, before a fresh start renames the fold's checkpoints
+        pretrained = load_checkpoint(s.pretrained_weights)
+        if pretrained["family"] != s.model:
+            raise ConfigurationError(f"{s.pretrained_weights}: pretrained weights of model {pretrained['family']!r}, "
+                                     f"not {s.model!r}")
+        del pretrained
     return Prepared(s, fold, model_dir, fold_dir, resume_from, family_cls.__module__)
 
 
@@ -99,7 +110,7 @@ def train_dependencies_first(p: Prepared, requested: TrainSettings) -> None:
             continue
         logger.info("%s needs the fold's %s, which is not trained yet: training it first (%s)",
                     p.settings.model, model, path.parent.parent.name)
-        keep = {k: v for k, v in requested.overrides.items() if k in ("perceptual_weights",)}
+        keep = {k: v for k, v in requested.overrides.items() if k in SHARED_OVERRIDES}
         # the user's request, not this model's resolved settings: the stage has its own planned batch size
         run_training(replace(requested, model=model, overrides=keep, pretrained_weights=None, only_validation=False,
                              val_best=False, seed=p.settings.seed))
@@ -108,8 +119,13 @@ def train_dependencies_first(p: Prepared, requested: TrainSettings) -> None:
 
 
 def write_model_folder(p: Prepared) -> None:
-    """plans.json, dataset.json, dataset_fingerprint.json: what inference needs besides checkpoints."""
+    """plans.json, dataset.json, dataset_fingerprint.json: what inference needs besides checkpoints.
+
+    First removes hidden temporaries a killed run (kill -9, power loss) left mid-write in the model and fold
+    folders; those of a process still running are kept (``clean_stale_temps``)."""
     p.model_dir.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(p.model_dir)
+    clean_stale_temps(p.fold_dir, recursive=True)  # also validation/ (a killed final validation's exports)
     save_json(p.fold.plans.data, p.model_dir / "plans.json")
     pre = p.fold.folders.preprocessed
     for name in ("dataset.json", "dataset_fingerprint.json"):
@@ -178,6 +194,22 @@ def _spawned(rank: int, p: Prepared, world: int, port: int, log_path: Path) -> N
     train_process(rank, p, world, port, log_path)
 
 
+def rank_failure(trace: str) -> str | None:
+    """The one-line message of a spawned rank's user-facing failure (an autotrans error, an ``OSError`` such as
+    a full disk), from the traceback text torch hands back; None for anything else (a bug)."""
+    import builtins
+
+    lines = [line for line in trace.strip().splitlines() if line.strip()]
+    m = re.match(r"^([\w.]+?)(?:: (.*))?$", lines[-1].strip()) if lines else None
+    if not m:
+        return None
+    name = m.group(1).rsplit(".", 1)[-1]
+    builtin = getattr(builtins, name, None)
+    user_facing = m.group(1).startswith("autotrans.errors.") or (
+        isinstance(builtin, type) and issubclass(builtin, OSError))
+    return (m.group(2) or name) if user_facing else None
+
+
 def run_training(settings: TrainSettings) -> dict[str, Any] | None:
     """Train (unless ``only_validation``), then validate the fold's cases whole; returns the summary."""
     p = prepare(settings)
@@ -199,8 +231,14 @@ def run_training(settings: TrainSettings) -> dict[str, Any] | None:
                 method = "forkserver" if sys.platform.startswith("linux") else "spawn"
                 if method == "forkserver":
                     mp.set_forkserver_preload(["torch", "autotrans.training.run", p.family_module])
-                mp.start_processes(_spawned, args=(p, world, ddp.free_port(), log_path), nprocs=world, join=True,
-                                   start_method=method)
+                try:
+                    mp.start_processes(_spawned, args=(p, world, ddp.free_port(), log_path), nprocs=world,
+                                       join=True, start_method=method)
+                except mp.ProcessRaisedException as e:
+                    line = rank_failure(e.msg)
+                    if line is None:
+                        raise  # a bug: keep the rank's traceback
+                    raise ConfigurationError(f"rank {e.error_index}: {line}") from None
                 logging.getLogger().addHandler(handler)
             else:
                 train_process(0, p, 1, 0)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -19,7 +20,7 @@ from autotrans.training.augment import AugmentationSettings
 #: engine defaults where the plan has no ``training`` section (nnU-Net's schedule)
 DEFAULT_EPOCHS = 1000
 DEFAULT_ITERATIONS = 250
-DEFAULT_VAL_ITERATIONS = 50
+DEFAULT_VAL_ITERATIONS = 50  # the most per-epoch validation batches by default (nnU-Net's 50 at 250 iterations)
 DEFAULT_SAVE_EVERY = 50
 EMA_MOMENTUM = 0.9
 
@@ -72,13 +73,107 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
+#: family hyperparameters the engine sets from a flag (``-o`` would be overwritten): the flag to use instead
+ENGINE_KEYS = {"num_epochs": "--epochs"}
+#: overrides a model hands to the shared stages it trains first (e.g. ldm's autoencoder), so it accepts them too
+SHARED_OVERRIDES = ("perceptual_weights",)
+
+
+def family_defaults(family_cls: type) -> dict[str, Any] | None:
+    """A family's hyperparameter defaults: its ``defaults`` table, else its module's ``DEFAULTS`` (searched along
+    the class hierarchy); None for a family that publishes neither (its overrides cannot be checked)."""
+    for klass in family_cls.__mro__:
+        table = klass.__dict__.get("defaults")
+        if table is None and klass.__module__ != "autotrans.families.base":
+            table = getattr(sys.modules.get(klass.__module__), "DEFAULTS", None)
+        if isinstance(table, dict):
+            return dict(table)
+    return None
+
+
+def accepted_overrides(model: str) -> dict[str, Any] | None:
+    """``{key: reference value}`` a model's ``-o`` accepts (the reference's type is the accepted type; None:
+    a string such as a path), or None when the family publishes no defaults."""
+    from autotrans.families.base import get_family  # local: families import the planning layer only
+
+    cls = get_family(model)
+    table = family_defaults(cls)
+    if table is None:
+        return None
+    for key in ENGINE_KEYS:
+        table.pop(key, None)
+    if cls.stochastic:
+        table.setdefault("sampling_steps", 1)
+    for dependency, _ in cls.dependencies:
+        shared = accepted_overrides(dependency) or {}
+        table.update({k: shared[k] for k in SHARED_OVERRIDES if k in shared and k not in table})
+    return table
+
+
+def _expected_type(ref: Any, value: Any) -> str | None:
+    """What ``value`` should be, when it is not of the reference value's type (None when it fits)."""
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    if isinstance(ref, bool):
+        return None if isinstance(value, bool) else "true or false"
+    if isinstance(ref, int):
+        return None if number(value) and float(value).is_integer() else "an integer"
+    if isinstance(ref, float):
+        return None if number(value) else "a number"
+    if isinstance(ref, (list, tuple)):
+        ok = isinstance(value, list) and len(value) == len(ref) and all(number(v) for v in value)
+        return None if ok else f"a list of {len(ref)} numbers"
+    return None if isinstance(value, str) or value is None else "a string"
+
+
+def validate_overrides(model: str, overrides: dict[str, Any], plan_section: dict[str, Any] | None = None
+                       ) -> dict[str, Any]:
+    """Check ``-o`` keys against the family's hyperparameters and values against their types (the default's,
+    else the plan family section's); one-line ``ConfigurationError`` naming the key and what is accepted.
+
+    Runs before anything on disk is touched: a typo must not cost the fold's checkpoints (a fresh start
+    renames them) nor crash at the first step. Integral numbers for integer keys become ``int``."""
+    table = accepted_overrides(model)
+    out = dict(overrides)
+    for key, value in overrides.items():
+        if key in ENGINE_KEYS:
+            raise ConfigurationError(f"-o {key}: set by the engine, use {ENGINE_KEYS[key]} instead")
+        if table is None:
+            continue  # a family without a defaults table: its keys are unknown here
+        if key not in table:
+            raise ConfigurationError(f"-o {key}: not a hyperparameter of {model}; accepted keys: "
+                                     f"{', '.join(sorted(table))}")
+        ref = table[key]
+        if ref is None and plan_section and plan_section.get(key) is not None:
+            ref = plan_section[key]
+        expected = _expected_type(ref, value)
+        if expected is not None:
+            shown = f" (like its default {json.dumps(list(ref) if isinstance(ref, tuple) else ref)})" \
+                if ref is not None else ""
+            raise ConfigurationError(f"-o {key}={value!r}: {model} expects {expected} for {key}{shown}")
+        if isinstance(ref, int) and not isinstance(ref, bool):
+            out[key] = int(value)
+    return out
+
+
+def default_val_iterations(iterations: int) -> int:
+    """Per-epoch validation batches when neither ``--val_iterations`` nor the plan sets them: a fifth of the
+    training iterations, at least 1 and at most 50 (nnU-Net's 50 at its 250 iterations), so a short run is not
+    dominated by validation (5 iterations used to be followed by 50 validation batches every epoch)."""
+    return min(DEFAULT_VAL_ITERATIONS, max(1, int(iterations) // 5))
+
+
 def plan_training_defaults(plans: Plans, cfg: Configuration) -> dict[str, Any]:
     """A ``training`` section of the configuration (or of the plan) overrides the engine defaults."""
     return {**plans.data.get("training", {}), **cfg.data.get("training", {})}
 
 
 def resolve(settings: TrainSettings, plans: Plans, cfg: Configuration) -> TrainSettings:
-    """Fill every ``None`` from the plan (or engine defaults) so the record says what actually ran."""
+    """Fill every ``None`` from the plan (or engine defaults) so the record says what actually ran.
+
+    Validation batches: ``--val_iterations``, else the plan's ``val_iterations``, else
+    ``default_val_iterations(iterations)``; the resolved number is recorded (debug.json, checkpoints)."""
     plan = plan_training_defaults(plans, cfg)
     from autotrans.families.base import get_family  # local: families import the planning layer only
 
@@ -88,12 +183,18 @@ def resolve(settings: TrainSettings, plans: Plans, cfg: Configuration) -> TrainS
     if workers is None:
         env = os.environ.get("autotrans_n_proc_DA")
         workers = int(env) if env else min(max((os.cpu_count() or 2) - 1, 1), 12)
+    iterations = int(settings.iterations or plan.get("iterations_per_epoch", DEFAULT_ITERATIONS))
+    if settings.val_iterations is not None:
+        val_iterations = int(settings.val_iterations)
+    elif plan.get("val_iterations") is not None:
+        val_iterations = int(plan["val_iterations"])
+    else:
+        val_iterations = default_val_iterations(iterations)
     return replace(
         settings,
         num_epochs=int(settings.num_epochs or plan.get("num_epochs", DEFAULT_EPOCHS)),
-        iterations=int(settings.iterations or plan.get("iterations_per_epoch", DEFAULT_ITERATIONS)),
-        val_iterations=int(settings.val_iterations if settings.val_iterations is not None
-                           else plan.get("val_iterations", DEFAULT_VAL_ITERATIONS)),
+        iterations=iterations,
+        val_iterations=val_iterations,
         batch_size=int(settings.batch_size or planned_bs or cfg.batch_size),
         compile=settings.compile if settings.compile is not None else settings.device == "cuda",
         seed=int(seed),

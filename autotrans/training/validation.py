@@ -91,6 +91,8 @@ def final_validation(spec: ModelSpec, fold: str, checkpoint: str, data_dir: Path
     out_dir.mkdir(parents=True, exist_ok=True)
     per_case: dict[str, Any] = {}
     value_range = evaluation_range(plans)
+    logger.info("final validation on %d case(s) with %s (whole volumes, %s): predictions and summary.json in %s",
+                len(val_cases), checkpoint, "mirror TTA" if tta else "no TTA", out_dir)
     for case_id in tqdm(val_cases, desc="final validation", unit="case"):
         case = PreprocessedCase(data_dir, case_id)
         if not (case.properties.get("has_source", True) and case.properties.get("has_target", True)):

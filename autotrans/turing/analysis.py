@@ -57,16 +57,32 @@ class Rating:
 
 
 def load_ratings(study_dirs: Sequence[str | Path]) -> list[Rating]:
-    """Join every stored answer with its item's ground truth (one row per reader and item)."""
+    """Join every stored answer with its item's ground truth (one row per reader and item).
+
+    A study given twice (spelled differently: ``st``, ``st/``, ``./st``, a symlink, or a copy of the
+    folder) is counted once: studies are told apart by the id stored in ``study.json``.
+    """
     ratings: list[Rating] = []
     names: set[str] = set()
+    seen: dict[str, tuple[Path, int]] = {}
     for folder in study_dirs:
         study = Study.load(folder)
+        answers = AnswerStore(study.db_path).all_answers()
+        first = seen.get(study.identity)
+        if first is not None:
+            same = first[0] == Path(folder).resolve()
+            logger.info("%s is %s %s: its answers are counted once", folder,
+                        "the same folder as" if same else "a copy of the study", first[0])
+            if not same and len(answers) != first[1]:
+                logger.warning("%s holds %d answers, %s %d: only the first is analysed; merge the copies or "
+                               "analyse them one at a time", folder, len(answers), first[0], first[1])
+            continue
+        seen[study.identity] = (Path(folder).resolve(), len(answers))
         name = Path(folder).resolve().name
         while name in names:
             name += "_"
         names.add(name)
-        for a in AnswerStore(study.db_path).all_answers():
+        for a in answers:
             item = study.items.get(a["item"])
             if item is None or a["reader"] not in study.readers:
                 logger.warning("%s: skipping an answer for an unknown item or reader", folder)

@@ -5,6 +5,16 @@ study-wide linear uint16 code, so item files, their sizes and their metadata are
 real and synthetic volumes: nothing but the pixels themselves can tell the classes apart. Serving is then
 a plain file read, and the browser gets physical units back (HU, SUV, or percentile-normalised MR) so
 window/level works in units clinicians know.
+
+Storage precision must not tell the classes apart either: real volumes are often stored on a coarse
+lattice (PET at 0.01 SUV, MR as integers) while synthetic ones are continuous floats, and rounding both
+straight to the display code would leave real items with only every tenth code (PET) or with wide
+regular gaps between codes (MR). So every item, real or synthetic, goes through the same quantisation:
+display values plus one seeded Gaussian dither field, the same for every item, whose standard deviation is
+the coarsest storage step found among all the study's items (at least one display code), then rounding.
+Gaussian noise of one lattice step washes out any lattice up to that step (the residue of a lattice
+value modulo its step becomes uniform to within ``exp(-2 pi^2)``), and it is of the size of the rounding
+error the real data already carries: invisible at any clinical window.
 """
 from __future__ import annotations
 
@@ -130,15 +140,65 @@ def resample_to_grid(arr: np.ndarray, spacing_zyx: np.ndarray, grid: DisplayGrid
     return out
 
 
-def mr_normalise(arr: np.ndarray) -> np.ndarray:
-    """Map the foreground's 0.5th/99.5th percentiles to 0/1 (MR has no absolute intensity unit)."""
+def mr_window(arr: np.ndarray) -> tuple[float, float]:
+    """The foreground's 0.5th/99.5th percentiles (the MR auto-window)."""
     fg = arr[arr > arr.min()]
     if fg.size < 0.01 * arr.size:
         fg = arr.ravel()
-    lo, hi = np.percentile(fg, MR_PERCENTILES)
+    lo, hi = (float(v) for v in np.percentile(fg, MR_PERCENTILES))
     if hi <= lo:
         hi = lo + 1.0
+    return lo, hi
+
+
+def mr_normalise(arr: np.ndarray) -> np.ndarray:
+    """Map the foreground's 0.5th/99.5th percentiles to 0/1 (MR has no absolute intensity unit)."""
+    lo, hi = mr_window(arr)
     return (arr - lo) / (hi - lo)
+
+
+def storage_step(arr: np.ndarray) -> float:
+    """The lattice step the values are stored on (0.01 for PET saved at 0.01 SUV, 1 for integer MR/CT, the
+    slope of a scaled integer file), or 0 for continuous values. At least 99% of the distinct values
+    must sit on the lattice, so a few odd voxels do not hide it."""
+    u = np.unique(arr[np.isfinite(arr)].astype(np.float64))
+    if u.size < 3:
+        return 0.0
+    gaps = np.diff(u)
+    step = float(gaps.min())
+    span = float(u[-1] - u[0])
+    if step <= 0 or span / step > 1e9:
+        return 0.0
+    step = span / round(span / step)  # refine: the float32 gap carries rounding error
+    r = (u - u[0]) / step
+    on_lattice = np.abs(r - np.rint(r)) < 0.01
+    return step if on_lattice.mean() >= 0.99 else 0.0
+
+
+def display_step(path: Path, modality: str) -> float:
+    """Storage step of one source volume in display units (MR: after the auto-window)."""
+    arr, _ = read_image(path)
+    arr = np.asarray(arr, dtype=np.float32)
+    step = storage_step(arr)
+    if modality == "MR" and step > 0:
+        lo, hi = mr_window(arr[np.isfinite(arr)])
+        step /= hi - lo
+    return step
+
+
+def dither_sd(steps: list[float], modality: str) -> float:
+    """One dither level for the whole study: the coarsest storage step of any item, at least one code."""
+    sd = max([ENCODING[modality][1], *steps])
+    width = min(float(p["width"]) for p in PRESETS[modality])  # type: ignore[arg-type]
+    if sd > 0.01 * width:
+        logger.warning("some volumes are stored at a coarse precision (%.3g %s); every item gets display noise of "
+                       "that size so that the precision cannot tell real from synthetic", sd, UNITS[modality])
+    return sd
+
+
+def dither_field(grid: DisplayGrid, seed: int) -> np.ndarray:
+    """Standard normal noise on the display grid; the same field is used for every item of a study."""
+    return np.random.default_rng(seed).standard_normal(grid.shape, dtype=np.float32)
 
 
 def encode(arr: np.ndarray, modality: str) -> np.ndarray:
@@ -153,12 +213,18 @@ def decode(code: np.ndarray, modality: str) -> np.ndarray:
     return offset + scale * code.astype(np.float64)
 
 
-def render_item(path: Path, grid: DisplayGrid, modality: str) -> np.ndarray:
-    """One source volume to its display code array of shape ``grid.shape``."""
+def render_item(path: Path, grid: DisplayGrid, modality: str, dither: np.ndarray | None = None) -> np.ndarray:
+    """One source volume to its display code array of shape ``grid.shape``.
+
+    ``dither`` (display units, shape ``grid.shape``) is added before rounding; ``create_study`` passes the
+    same field, scaled by :func:`dither_sd`, for every item, real or synthetic.
+    """
     arr, spacing = load_lps(path)
     out = resample_to_grid(arr, spacing, grid)
     if modality == "MR":
         out = mr_normalise(out)
+    if dither is not None:
+        out = out + dither
     return encode(out, modality)
 
 

@@ -6,17 +6,30 @@ from __future__ import annotations
 
 import csv
 import html
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - backend must be chosen first
 
-from autotrans.utils.files import atomic_path, save_json  # noqa: E402
+from autotrans.utils.files import atomic_path  # noqa: E402
+
+# OWASP "CSV injection": a cell starting with one of these is run as a formula by spreadsheets
+# (=HYPERLINK(...), +cmd|..., -2+3, @SUM(...)); a leading tab or carriage return hides such a start.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise_cell(value: Any) -> Any:
+    """Prefix text that a spreadsheet would run as a formula with a single quote (numbers stay numbers)."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
 def _flat(row: dict[str, Any]) -> dict[str, Any]:
@@ -40,9 +53,9 @@ def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
         fields += [k for k in r if k not in fields]
     with atomic_path(path, suffix=".csv") as tmp:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=fields)
+            w = csv.DictWriter(f, fieldnames=[neutralise_cell(k) for k in fields])
             w.writeheader()
-            w.writerows(rows)
+            w.writerows({neutralise_cell(k): neutralise_cell(v) for k, v in r.items()} for r in rows)
 
 
 def _fmt(x: Any, pct: bool = False) -> str:
@@ -74,8 +87,16 @@ def _plot_bars(path: Path, names: list[str], props: list[dict[str, Any]], title:
     ax.set_title(title)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save_png(fig, path)
+
+
+def _save_png(fig: Any, path: Path) -> None:
+    """Write atomically: a failed write leaves an earlier report's plot as it was."""
+    try:
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
 
 
 def _plot_calibration(path: Path, cal: dict[str, Any]) -> None:
@@ -96,8 +117,7 @@ def _plot_calibration(path: Path, cal: dict[str, Any]) -> None:
     ax.set_title("Confidence calibration")
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save_png(fig, path)
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
@@ -128,7 +148,8 @@ def write_report(summary: dict[str, Any], answers: list[dict[str, Any]], out: Pa
     kappa = summary["kappa"]
     _write_csv(out / "kappa.csv", [{"study": "pooled", **kappa["overall"]}]
                + [{"study": s, **v} for s, v in kappa["per_study"].items()])
-    save_json(_no_nan(summary), out / "summary.json")
+    with atomic_path(out / "summary.json", suffix=".json") as tmp:  # strict JSON: NaN/Infinity are not JSON
+        tmp.write_text(json.dumps(_no_nan(summary), indent=2, allow_nan=False) + "\n", encoding="utf-8")
 
     pr = summary["per_reader"]
     _plot_bars(out / "accuracy_per_reader.png", [r["reader"] for r in pr] + ["all"],
@@ -193,11 +214,13 @@ answers.csv (one row per answer, with ground truth), summary.json.</p>
 
 
 def _no_nan(obj: Any) -> Any:
-    """NaN is not valid JSON; write null instead."""
-    if isinstance(obj, float) and math.isnan(obj):
+    """NaN and infinities are not valid JSON; write null instead (no statistic here can be infinite)."""
+    if isinstance(obj, (np.floating, np.integer, np.bool_)):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
         return {k: _no_nan(v) for k, v in obj.items()}
-    if isinstance(obj, list):
+    if isinstance(obj, (list, tuple)):
         return [_no_nan(v) for v in obj]
     return obj

@@ -59,10 +59,20 @@ def _load_static() -> dict[str, tuple[bytes, str]]:
     return out
 
 
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def validate_answer(body: bytes, allowed_items: list[str]) -> dict[str, Any]:
     """Parse and check one answer; every problem becomes a 400 with a message naming it."""
     try:
         data = json.loads(body.decode("utf-8"))
+    except RecursionError:  # "[[[[...": the parser's recursion limit, not a server fault
+        raise ApiError(400, "body: JSON nested too deeply (send one flat JSON object)") from None
     except (UnicodeDecodeError, ValueError):
         raise ApiError(400, "body must be a JSON object") from None
     if not isinstance(data, dict):
@@ -82,6 +92,8 @@ def validate_answer(body: bytes, allowed_items: list[str]) -> dict[str, Any]:
     comment = data.get("comment", "")
     if not isinstance(comment, str) or len(comment) > MAX_COMMENT:
         raise ApiError(400, f"comment: must be text of at most {MAX_COMMENT} characters")
+    if not _is_unicode(comment):  # "\ud800" is valid JSON but no text: the database could not store it
+        raise ApiError(400, "comment: contains an unpaired surrogate (\\uD800-\\uDFFF), which is not text")
     t = data.get("time_on_item_s")
     if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or not 0 <= t <= MAX_TIME_S:
         raise ApiError(400, "time_on_item_s: must be a number of seconds >= 0")

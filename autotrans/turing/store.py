@@ -8,6 +8,8 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+from autotrans.errors import AutotransError
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS answers (
     reader TEXT NOT NULL,
@@ -30,14 +32,25 @@ CREATE TABLE IF NOT EXISTS views (
 """
 
 
+class AnswerStoreError(AutotransError):
+    """The answer database cannot be opened (not a database, a folder, unreadable)."""
+
+
 class AnswerStore:
     """Thin wrapper that opens one short-lived connection per operation (safe across server threads)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        with closing(self._connect()) as con:
-            con.execute("PRAGMA journal_mode=WAL")
-            con.executescript(SCHEMA)
+        if self.path.is_dir():
+            raise AnswerStoreError(f"{self.path} is a folder, not an answer database; move it away "
+                                   "(a new, empty database is then created)")
+        try:
+            with closing(self._connect()) as con:
+                con.execute("PRAGMA journal_mode=WAL")
+                con.executescript(SCHEMA)
+        except sqlite3.DatabaseError as e:  # junk file, damaged database, folder not readable
+            raise AnswerStoreError(f"{self.path}: not a usable answer database ({e}); it was left as it is: "
+                                   "restore it from a backup, or move it away to start with no answers") from None
 
     def _connect(self) -> sqlite3.Connection:
         con = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)

@@ -13,6 +13,7 @@ agreement between readers can be measured), each in their own random order.
 """
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import logging
@@ -27,10 +28,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from autotrans.errors import AutotransError
 from autotrans.io import SUPPORTED_ENDINGS, ImageReadError
 from autotrans.turing import render
 from autotrans.turing.store import AnswerStore
+from autotrans.utils.files import _temp_prefix, clean_stale_temps, is_hidden
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +80,9 @@ def case_key(path: Path) -> str:
 def list_volumes(folder: Path, what: str) -> list[Path]:
     if not folder.is_dir():
         raise StudyError(f"{what} folder {folder} does not exist")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(SUPPORTED_ENDINGS))
+    # hidden files are never inputs: temporaries of a killed run (``.<name>.at<pid>.*``), editors' and OS's files
+    files = sorted(p for p in folder.iterdir()
+                   if p.is_file() and not is_hidden(p) and p.name.lower().endswith(SUPPORTED_ENDINGS))
     if not files:
         raise StudyError(f"{what} folder {folder} holds no volumes ({', '.join(SUPPORTED_ENDINGS)})")
     return files
@@ -171,6 +177,12 @@ def create_study(
         raise StudyError(str(e)) from None
     grid = render.plan_grid([p[0] for p in planned], [p[1] for p in planned])
     logger.info("display grid %s voxels of %.2f mm for %d items", grid.shape, grid.spacing, len(items))
+    try:  # one dither level for all items, from the coarsest storage precision of any (see render)
+        sd = render.dither_sd([render.display_step(Path(it["source"]), modality) for it in items], modality)
+    except ImageReadError as e:
+        raise StudyError(str(e)) from None
+    logger.info("display dither: %.3g %s (standard deviation, the same for every item)", sd, render.UNITS[modality])
+    dither = render.dither_field(grid, seed) * np.float32(sd)
 
     ids = [secrets.token_hex(10) for _ in items]  # unseeded: ids reveal nothing, even with a known seed
     by_id = dict(zip(ids, items, strict=True))
@@ -182,30 +194,33 @@ def create_study(
     order_ids = sorted(by_id)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    clean_stale_temps(out.parent)  # half-built studies of a killed 'create'
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(out.name), dir=out.parent))
     try:
         (tmp / ITEMS_DIR).mkdir()
         for i, item_id in enumerate(order_ids):  # id order is random with respect to the class
             src = Path(by_id[item_id]["source"])
             try:
-                code = render.render_item(src, grid, modality)
+                code = render.render_item(src, grid, modality, dither)
             except ImageReadError as e:
                 raise StudyError(str(e)) from None
             (tmp / ITEMS_DIR / f"{item_id}.u16").write_bytes(code.tobytes())
             logger.debug("rendered item %d/%d", i + 1, len(order_ids))
         meta = {
             "format_version": FORMAT_VERSION,
+            "study_id": secrets.token_hex(8),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "modality": modality,
             "seed": seed,
             "display": render.display_spec(grid, modality),
+            "display_dither_sd": sd,
             "items": by_id,
             "readers": study_readers,
             "admin_token": secrets.token_urlsafe(24),
         }
         fd = os.open(tmp / STUDY_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(meta, f, indent=2)
+            json.dump(meta, f, indent=2, allow_nan=False)
             f.write("\n")
         AnswerStore(tmp / DB_FILE).close()
         if out.exists():
@@ -246,6 +261,15 @@ class Study:
             if not ITEM_ID_RE.fullmatch(item_id) or not study.item_path(item_id).is_file():
                 raise StudyError(f"{folder}: display data for an item is missing; rebuild the study")
         return study
+
+    @property
+    def identity(self) -> str:
+        """What makes two folders the same study: the stored study id (older studies: a digest of their
+        admin token, equally unique and kept by copies)."""
+        sid = self.meta.get("study_id")
+        if isinstance(sid, str) and sid:
+            return sid
+        return "admin-" + hashlib.sha256(self.admin_token.encode()).hexdigest()[:16]
 
     def item_path(self, item_id: str) -> Path:
         return self.folder / ITEMS_DIR / f"{item_id}.u16"

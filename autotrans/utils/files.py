@@ -2,12 +2,72 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+
+logger = logging.getLogger(__name__)
+
+# Temporaries are hidden siblings named ``.<final name>.at<pid>.<random>``: the pid lets a later run tell a
+# leftover of a killed process (safe to delete) from the write of a process still running (left alone).
+_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.at(?P<pid>\d+)\.[^.]+")
+
+
+def _temp_prefix(name: str) -> str:
+    return f".{name}.at{os.getpid()}."
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def is_hidden(path: str | os.PathLike) -> bool:
+    """Hidden files (ours are temporaries; others are editors' and OS's) are never inputs."""
+    return Path(path).name.startswith(".")
+
+
+def clean_stale_temps(folder: str | os.PathLike, recursive: bool = False) -> int:
+    """Remove temporaries that a killed autotrans process left in ``folder``; returns how many.
+
+    Only names of our own pattern whose writing process no longer runs are touched, so a concurrent run's
+    writes survive.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    removed = 0
+    entries = folder.rglob(".*") if recursive else folder.glob(".*")
+    for f in list(entries):
+        m = _TEMP_RE.match(f.name)
+        if not m or _pid_alive(int(m.group("pid"))):
+            continue
+        try:
+            if f.is_dir():
+                shutil.rmtree(f)
+            else:
+                f.unlink()
+            removed += 1
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            logger.warning("could not remove the stale temporary %s: %s", f, e)
+    if removed:
+        logger.info("removed %d stale temporary file(s) left by an interrupted run in %s", removed, folder)
+    return removed
 
 
 def _umask() -> int:
@@ -25,7 +85,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name), suffix=suffix or ".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -46,7 +106,7 @@ def atomic_dir_for(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp_dir = Path(tempfile.mkdtemp(prefix=_temp_prefix(path.name), dir=path.parent))
     try:
         yield tmp_dir
         main = tmp_dir / path.name
@@ -77,7 +137,7 @@ def atomic_directory(dest: str | os.PathLike) -> Iterator[Path]:
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(dest.name), dir=dest.parent))
     try:
         yield tmp
         if dest.exists():
@@ -115,3 +175,45 @@ def save_json(obj: Any, path: str | os.PathLike, indent: int = 2) -> None:
 def load_json(path: str | os.PathLike) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def ensure_writable_folder(folder: str | os.PathLike) -> Path:
+    """Check, before any long work and without creating anything, that files can be made in ``folder`` (or,
+    while it does not exist yet, in its nearest existing parent).
+
+    Raises the OS's own ``OSError`` (read-only file system, permission denied, disk full) naming ``folder`` itself
+    rather than a probe file, so the command-line boundary prints one clear line; bad input found later then
+    leaves no empty output folder behind.
+    """
+    folder = Path(folder)
+    probe_dir = folder
+    while not probe_dir.exists() and probe_dir != probe_dir.parent:
+        probe_dir = probe_dir.parent
+    try:
+        with tempfile.TemporaryFile(prefix=_temp_prefix("write-check"), dir=probe_dir):
+            pass
+    except OSError as e:
+        raise OSError(e.errno, e.strerror or str(e), str(folder)) from None
+    return folder
+
+
+def ensure_writable_dir(folder: str | os.PathLike, what: str) -> Path:
+    """Prove, before any work, that files can be made in ``folder`` (or, while it does not exist yet, in its
+    nearest existing parent) with a probe file removed at once: a read-only output fails early, in one line
+    naming the folder, and nothing is created or changed."""
+    from autotrans.errors import ConfigurationError
+
+    folder = Path(folder)
+    probe_dir = folder
+    while not probe_dir.exists() and probe_dir != probe_dir.parent:
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        raise ConfigurationError(f"{what} {folder}: {probe_dir} exists and is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=_temp_prefix("write-probe"), dir=probe_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ConfigurationError(f"{what} {folder}: cannot write there ({e.strerror or e}); "
+                                 "choose a folder you can write to") from None
+    return folder

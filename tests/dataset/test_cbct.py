@@ -1,8 +1,10 @@
-"""CBCT simulator on a real CT (TCIA CC-Tumor-Heterogeneity CCTH-A01, pelvis), small crops for speed."""
+"""CBCT simulator on a real CT (TCIA CC-Tumor-Heterogeneity CCTH-A01, pelvis), small crops for speed.
+
+The CT is the slab shipped in tests/data (whole axial 3 mm slices 100..106 of the CCTH-A01 CT, see its
+ATTRIBUTION.md); the tests use its first four slices (100..104: femoral heads and bladder)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,18 +15,15 @@ from autotrans.dataset.cbct import CBCTSimulationParams, build_simulated_cbct_da
 from autotrans.dataset.format import discover_cases, load_dataset_json
 from autotrans.errors import ConfigurationError
 from autotrans.io import Geometry, read_geometry, read_image, write_image
+from tests.paths import fixture_file
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-PETCT = DATA / "petct_tcia_ccth_a01"
-pytestmark = pytest.mark.skipif(not (PETCT / "ct_hu_3mm.nii.gz").is_file(), reason=f"real CT data missing: {PETCT}")
-
-Z = slice(100, 104)  # pelvis: femoral heads and bladder, many dense edges for streaks
+Z = slice(0, 4)  # of the slab: pelvis slices 100..104, femoral heads and bladder, many dense edges for streaks
 
 
 @pytest.fixture(scope="module")
 def ct_crop() -> tuple[np.ndarray, np.ndarray, Geometry]:
-    ct, geo = read_image(PETCT / "ct_hu_3mm.nii.gz")
-    mask, _ = read_image(PETCT / "body_mask_3mm.nii.gz", dtype=np.uint8)
+    ct, geo = read_image(fixture_file("ccth_a01/slab_ct.nii.gz"))
+    mask, _ = read_image(fixture_file("ccth_a01/slab_body.nii.gz"), dtype=np.uint8)
     return ct[Z], mask[Z] > 0, geo
 
 

@@ -1,4 +1,5 @@
-"""Converters on miniature replicas of each benchmark's layout, built from real volumes in ../shared/data."""
+"""Converters on miniature replicas of each benchmark's layout, built from real crops shipped in tests/data
+(CCTH-A01 pelvis PET/CT slab, TCGA-DU-7294 brain slices; see its ATTRIBUTION.md)."""
 from __future__ import annotations
 
 import hashlib
@@ -14,13 +15,7 @@ from autotrans.dataset.converters import convert
 from autotrans.dataset.format import discover_cases, load_dataset_json
 from autotrans.errors import ConfigurationError
 from autotrans.io import Geometry, read_geometry, read_image, write_image
-
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-PETCT = DATA / "petct_tcia_ccth_a01"
-BRAIN = DATA / "brainles_tcga_lgg_sri24" / "TCGA-DU-7294"
-pytestmark = pytest.mark.skipif(
-    not (PETCT / "ct_hu_3mm.nii.gz").is_file() or not BRAIN.is_dir(), reason=f"real data missing under {DATA}"
-)
+from tests.paths import fixture_file
 
 
 def crop(arr: np.ndarray, geo: Geometry, z: slice, y: slice, x: slice) -> tuple[np.ndarray, Geometry]:
@@ -34,21 +29,19 @@ def crop(arr: np.ndarray, geo: Geometry, z: slice, y: slice, x: slice) -> tuple[
 @pytest.fixture(scope="module")
 def vols() -> dict[str, tuple[np.ndarray, Geometry]]:
     """Small real crops: pelvis CT/PET/body mask (3 mm), native-grid PET, and brain MRI contrasts."""
-    ct, g = read_image(PETCT / "ct_hu_3mm.nii.gz", dtype=np.int16)
-    pet, _ = read_image(PETCT / "pet_suv_3mm.nii.gz")
-    body, _ = read_image(PETCT / "body_mask_3mm.nii.gz", dtype=np.uint8)
-    box = (slice(100, 106), slice(30, 130), slice(20, 140))
+    ct, g = read_image(fixture_file("ccth_a01/slab_ct.nii.gz"), dtype=np.int16)  # slices 100..106, whole
+    pet, _ = read_image(fixture_file("ccth_a01/slab_pet.nii.gz"))
+    body, _ = read_image(fixture_file("ccth_a01/slab_body.nii.gz"), dtype=np.uint8)
+    box = (slice(None), slice(30, 130), slice(20, 140))
     out = {"ct": crop(ct, g, *box), "pet": crop(pet, g, *box), "body": crop(body, g, *box)}
-    native, gn = read_image(PETCT / "pet_suv_native.nii.gz")
-    # native PET (5.47 x 5.47 x 3.27 mm) box covering the CT crop with a margin: another grid, same frame
-    lo = np.asarray(out["ct"][1].origin) - 10.0
-    i0 = np.floor((lo - np.asarray(gn.origin)) / np.asarray(gn.spacing)).astype(int)
-    n = np.ceil((np.asarray(out["ct"][1].size) * 3.0 + 20.0) / np.asarray(gn.spacing)).astype(int)
-    out["pet_native"] = crop(native, gn, slice(i0[2], i0[2] + n[2]), slice(i0[1], i0[1] + n[1]), slice(i0[0], i0[0] + n[0]))
-    bbox = (slice(74, 80), slice(70, 150), slice(60, 180))
-    for key in ("t1", "t1c", "t2", "flair"):
-        a, gb = read_image(BRAIN / f"{key}.nii.gz")
-        out[key] = crop(a, gb, *bbox)
+    # native PET (5.47 x 5.47 x 3.27 mm) box covering the CT crop with a 10 mm margin: another grid, same frame
+    native = read_image(fixture_file("ccth_a01/slab_pet_native.nii.gz"))
+    lo, hi = np.asarray(out["ct"][1].origin), np.asarray(out["ct"][1].origin) + np.asarray(out["ct"][1].size) * 3.0
+    assert np.all(np.asarray(native[1].origin) <= lo) and np.all(
+        np.asarray(native[1].origin) + np.asarray(native[1].size) * np.asarray(native[1].spacing) >= hi)
+    out["pet_native"] = native
+    for key in ("t1", "t1c", "t2", "flair"):  # SRI24 brain, slices 74..80, y 70..150, x 60..180, whole crop
+        out[key] = read_image(fixture_file(f"tcga_du_7294/{key}.nii.gz"))
     flair = out["flair"][0]
     out["seg"] = ((flair > np.quantile(flair[flair > 0], 0.97)).astype(np.uint8), out["flair"][1])
     return out

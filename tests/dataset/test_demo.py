@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from autotrans.cli.install_demo import main as install_main
 from autotrans.dataset.demo import build_brain_demo, demo_data_dir
@@ -40,6 +41,7 @@ def test_install_demo_cli(roots, capsys) -> None:
     assert "already used by" in capsys.readouterr().err
 
 
+@pytest.mark.full_data  # rebuilds from the original full-resolution scans
 def test_demo_is_reproducible_from_shared_data(tmp_path: Path, shared_data: Path) -> None:
     build_brain_demo(shared_data, tmp_path / "brain")
     shipped = demo_data_dir() / "Dataset901_DemoT2toFLAIR"

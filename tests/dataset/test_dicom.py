@@ -1,8 +1,11 @@
-"""DICOM → NIfTI and PET SUVbw on real DICOM: the TCIA CCTH-A01 PET series and pydicom's test files."""
+"""DICOM → NIfTI and PET SUVbw on real DICOM: the TCIA CCTH-A01 PET series and pydicom's test files.
+
+Ten slices of the PET series (1-001..1-010, byte for byte, with the stray RWV object of another series) and
+their reference SUV volume ship in tests/data (see its ATTRIBUTION.md); the whole 234-slice series is checked
+too when the full-resolution shared data is present (full_data)."""
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,22 +19,28 @@ from pydicom.data import get_testdata_file  # noqa: E402
 from pydicom.dataset import Dataset  # noqa: E402
 from pydicom.sequence import Sequence  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-PET_DIR = DATA / "petct_tcia_ccth_a01" / "pet_dicom"
-PET_NATIVE = DATA / "petct_tcia_ccth_a01" / "pet_suv_native.nii.gz"
-needs_pet = pytest.mark.skipif(not PET_DIR.is_dir(), reason=f"real PET DICOM missing: {PET_DIR}")
+from tests.paths import fixture_file  # noqa: E402
+
+PET_DIR = fixture_file("ccth_a01/pet_dicom")  # slices 1-001..1-010 of the series
+PET_REFERENCE = fixture_file("ccth_a01/pet_dicom_suv_reference.nii.gz")  # the same slices of pet_suv_native
+N_SLICES = 10
 OTHER = "1.2.276.0.7230010.3.1.4.0.7020.1725320646.717921.dcm"  # an RWV object of another series
 
 
-@needs_pet
-def test_pet_series_to_suv_matches_reference(tmp_path, caplog):
+@pytest.mark.parametrize("series", ["shipped_slices", pytest.param("whole_series", marks=pytest.mark.full_data)])
+def test_pet_series_to_suv_matches_reference(tmp_path, caplog, request, series):
     caplog.set_level("INFO")
+    if series == "whole_series":  # all 234 slices and the reference on the native grid, from the shared data
+        petct = request.getfixturevalue("shared_data") / "petct_tcia_ccth_a01"
+        folder, reference, n_slices = petct / "pet_dicom", petct / "pet_suv_native.nii.gz", 234
+    else:
+        folder, reference, n_slices = PET_DIR, PET_REFERENCE, N_SLICES
     out = tmp_path / "pet_suv.nii.gz"
-    assert cli.main([str(PET_DIR), str(out), "--suv"]) == 0
+    assert cli.main([str(folder), str(out), "--suv"]) == 0
     suv, geo = read_image(out)
-    ref, ref_geo = read_image(PET_NATIVE)
+    ref, ref_geo = read_image(reference)
     assert ref_geo.mismatch(geo) is None
-    assert geo.size == (128, 128, 234)
+    assert geo.size == (128, 128, n_slices)
     # the reference is rounded to 0.01 SUV
     assert np.abs(suv - ref).max() <= 0.0051
     hot = ref > 1.0
@@ -40,7 +49,6 @@ def test_pet_series_to_suv_matches_reference(tmp_path, caplog):
     assert OTHER in caplog.text  # the stray file of another series is reported, not read
 
 
-@needs_pet
 def test_suv_factor_from_the_tags():
     files = sorted(PET_DIR.glob("1-00*.dcm"))
     headers = [pydicom.dcmread(str(f), stop_before_pixels=True) for f in files]
@@ -49,23 +57,22 @@ def test_suv_factor_from_the_tags():
     np.testing.assert_allclose(factors, expected, rtol=1e-6)
 
 
-@needs_pet
 def test_largest_series_chosen_and_others_listed(tmp_path, capsys, caplog):
     caplog.set_level("INFO")
     folder = tmp_path / "mixed"
     folder.mkdir()
-    for f in sorted(PET_DIR.glob("1-0[0-2]*.dcm")):  # 29 PET slices
+    for f in sorted(PET_DIR.glob("1-0*.dcm")):  # the 10 PET slices
         (folder / f.name).symlink_to(f)
     shutil.copy(get_testdata_file("CT_small.dcm"), folder / "ct.dcm")
     shutil.copy(get_testdata_file("MR_small.dcm"), folder / "mr.dcm")
     series = list_series(folder)
-    assert [len(s.files) for s in series] == [29, 1, 1]
+    assert [len(s.files) for s in series] == [N_SLICES, 1, 1]
     assert series[0].modality == "PT"
     result = convert_series(folder, tmp_path / "pet.mha")
     assert result.series.uid == series[0].uid and len(result.others) == 2
     assert sum(o.uid in caplog.text for o in series[1:]) == 2
     img, geo = read_image(tmp_path / "pet.mha")
-    assert geo.size == (128, 128, 29)
+    assert geo.size == (128, 128, N_SLICES)
     assert cli.main([str(folder), "--list"]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == 3
 
@@ -100,7 +107,6 @@ def test_suv_refused_for_ct_and_bad_output(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
 
 
-@needs_pet
 def test_missing_weight_refused_with_clear_message(tmp_path, capsys):
     folder = tmp_path / "pet"
     folder.mkdir()

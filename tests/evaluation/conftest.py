@@ -1,31 +1,22 @@
-"""Fixtures for the evaluation tests: real CT/PET/MR crops from the shared data (skipped if absent)."""
+"""Fixtures for the evaluation tests: real CT/PET/MR crops shipped in tests/data (see its ATTRIBUTION.md)."""
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-
-
-def _need(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"shared real data not found at {path} (CI places ../shared beside the clone)")
-    return path
+from tests.paths import fixture_file
 
 
 @pytest.fixture(scope="session")
 def petct() -> dict[str, np.ndarray]:
-    """CT (HU), PET (SUV) and body mask, cropped to 40 x 72 x 96 voxels through the pelvis (3 mm)."""
+    """CT (HU), PET (SUV) and body mask, 40 x 72 x 96 voxels through the pelvis (3 mm; box z 60..100, y 40..112,
+    x 32..128 of the CCTH-A01 3 mm volumes)."""
     from autotrans.io import read_image
 
-    d = _need(SHARED / "petct_tcia_ccth_a01")
-    crop = (slice(60, 100), slice(40, 112), slice(32, 128))
     out = {}
-    for key, name in (("ct", "ct_hu_3mm"), ("pet", "pet_suv_3mm"), ("mask", "body_mask_3mm")):
-        arr, geo = read_image(d / f"{name}.nii.gz")
-        out[key] = arr[crop]
+    for key, name in (("ct", "pelvis_ct"), ("pet", "pelvis_pet"), ("mask", "pelvis_body")):
+        arr, geo = read_image(fixture_file(f"ccth_a01/{name}.nii.gz"))
+        out[key] = arr
     out["mask"] = out["mask"] > 0
     out["spacing"] = geo.spacing
     return out
@@ -33,11 +24,11 @@ def petct() -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="session")
 def flair() -> dict[str, np.ndarray]:
-    """FLAIR and MS lesion map (1 mm MNI), cropped to 40 x 48 x 48 voxels around lesions."""
+    """FLAIR and MS lesion map (1 mm MNI), 40 x 48 x 48 voxels around lesions (box z 59..99, y 73..121,
+    x 63..111 of MS patient 07; the shipped crop starts at z 59, y 60, x 60)."""
     from autotrans.io import read_image
 
-    d = _need(SHARED / "open_ms_data_mni" / "patient07")
-    img, geo = read_image(d / "FLAIR.nii.gz")
-    les, _ = read_image(d / "lesion_gt.nii.gz")
-    crop = (slice(59, 99), slice(73, 121), slice(63, 111))
+    img, geo = read_image(fixture_file("ms_patient07/flair.nii.gz"))
+    les, _ = read_image(fixture_file("ms_patient07/lesion_gt.nii.gz"))
+    crop = (slice(0, 40), slice(13, 61), slice(3, 51))
     return {"img": img[crop], "lesions": les[crop] > 0, "spacing": geo.spacing}

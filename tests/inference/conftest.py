@@ -2,7 +2,8 @@
 
 Each fixture returns the preprocessed dataset folder (plans, dataset.json, fingerprint) of a small raw
 dataset built from real images: CT crops of the bundled demo (CBCT -> CT), crops of the ReMIND head
-(oblique direction, non-zero origin; MR -> MR) and of the anisotropic pyradiomics NRRD (MR -> MR).
+(oblique direction, non-zero origin; MR -> MR) and of the anisotropic pyradiomics NRRD (MR -> MR), both
+shipped in tests/data (see its ATTRIBUTION.md).
 """
 from __future__ import annotations
 
@@ -15,8 +16,13 @@ import SimpleITK as sitk
 
 import tests.inference.helpers  # noqa: F401  (registers the test families)
 from autotrans.dataset.demo import demo_data_dir
+from tests.paths import fixture_file
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+# shipped crops: the ReMIND T1c from voxel (x, y, z) = (90, 95, 70), the pyradiomics NRRDs from (90, 90, 0)
+REMIND_T1C = "remind_022/t1c.nii.gz"
+REMIND_START = (90, 95, 70)
+PYRADIOMICS = "pyradiomics/{}_image.nrrd"
+PYRADIOMICS_START = (90, 90, 0)
 
 
 def _plan(tmp: Path, name: str, build) -> Path:
@@ -60,22 +66,24 @@ def cbct_plan(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _plan(tmp_path_factory.mktemp("cbct"), "Dataset061_InfCBCT", build)
 
 
-def _need(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"shared real data not found at {path} (CI places ../shared beside the clone)")
-    return path
+Index3 = tuple[int, int, int]
+
+
+def _region(path: Path, index: Index3, start: Index3, size: Index3) -> sitk.Image:
+    """``size`` voxels from ``index`` of the source volume, cut from the shipped crop that begins at ``start``."""
+    img = sitk.ReadImage(str(path))
+    return sitk.RegionOfInterest(img, size, [i - s for i, s in zip(index, start)])
 
 
 def remind_crop(index: tuple[int, int, int], size: tuple[int, int, int] = (48, 44, 40)) -> sitk.Image:
-    """A crop of the ReMIND T1c head: keeps its oblique direction; the origin moves with the crop."""
-    img = sitk.ReadImage(str(_need(SHARED / "remind_022_t1c_t2" / "t1c.nii.gz")))
-    return sitk.RegionOfInterest(img, size, index)
+    """A crop of the ReMIND T1c head (``index`` in the full volume): keeps its oblique direction; the origin moves
+    with the crop."""
+    return _region(fixture_file(REMIND_T1C), index, REMIND_START, size)
 
 
 def pyradiomics_crop(index: tuple[int, int, int], size: tuple[int, int, int] = (64, 56, 14)) -> sitk.Image:
-    """A crop of the pyradiomics brain NRRD (0.78 x 0.78 x 6.5 mm, strongly anisotropic)."""
-    img = sitk.ReadImage(str(_need(SHARED / "pyradiomics_testcases" / "brain1_image.nrrd")))
-    return sitk.RegionOfInterest(img, size, index)
+    """A crop of the pyradiomics brain1 NRRD (0.78 x 0.78 x 6.5 mm, strongly anisotropic)."""
+    return _region(fixture_file(PYRADIOMICS.format("brain1")), index, PYRADIOMICS_START, size)
 
 
 @pytest.fixture(scope="session")
@@ -85,7 +93,6 @@ def remind_plan(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for i, idx in enumerate([(100, 100, 80), (90, 110, 70), (110, 95, 85)]):
             _write_case(raw, f"remind{i}", remind_crop(idx), ".nii.gz")
 
-    _need(SHARED / "remind_022_t1c_t2")
     return _plan(tmp_path_factory.mktemp("remind"), "Dataset062_InfReMIND", build)
 
 
@@ -96,7 +103,6 @@ def nrrd_plan(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for i, idx in enumerate([(96, 100, 5), (100, 90, 6), (90, 96, 4)]):
             _write_case(raw, f"brain{i}", pyradiomics_crop(idx), ".nrrd")
 
-    _need(SHARED / "pyradiomics_testcases")
     return _plan(tmp_path_factory.mktemp("nrrd"), "Dataset063_InfNRRD", build)
 
 

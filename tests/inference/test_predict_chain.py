@@ -12,8 +12,9 @@ from scipy.ndimage import binary_erosion
 from autotrans.inference import load_predictor, predict_folder
 from autotrans.io import read_geometry, read_image
 from autotrans.planning.plans import Plans
-from tests.inference.conftest import SHARED, smooth_ct
+from tests.inference.conftest import PYRADIOMICS, REMIND_T1C, smooth_ct
 from tests.inference.helpers import make_model
+from tests.paths import fixture_file
 
 
 
@@ -141,11 +142,12 @@ def test_python_api_sitk_image_in_and_out(roots: dict[str, Path], cbct_plan: Pat
 
 
 def test_remind_oblique_head_geometry_exact(roots: dict[str, Path], remind_plan: Path, tmp_path: Path) -> None:
+    """A real ReMIND T1c file as input (the shipped 68 x 59 x 55 crop: oblique, origin far from 0, larger than
+    the plan's patch, so several windows are blended)."""
     make_model(roots["autotrans_results"], remind_plan, "test_identity", {"0": {}})
-    """The whole real ReMIND T1c file as input (248 x 256 x 176, oblique, origin far from 0)."""
     src = tmp_path / "in" / "head_0000.nii.gz"
     src.parent.mkdir()
-    shutil.copy(SHARED / "remind_022_t1c_t2" / "t1c.nii.gz", src)
+    shutil.copy(fixture_file(REMIND_T1C), src)
     predict_folder(load_predictor(device="cpu"), src.parent, tmp_path / "out", num_processes_preprocessing=0,
                    num_processes_export=0)
     out = tmp_path / "out" / "head.nii.gz"
@@ -163,11 +165,12 @@ def test_remind_oblique_head_geometry_exact(roots: dict[str, Path], remind_plan:
 
 
 def test_pyradiomics_anisotropic_nrrd_geometry_exact(roots: dict[str, Path], nrrd_plan: Path, tmp_path: Path) -> None:
+    """A real pyradiomics brain NRRD as input (brain2, all 23 slices of 74 x 66 voxels at 0.78 x 0.78 x 6.5 mm;
+    the plan was made from brain1)."""
     make_model(roots["autotrans_results"], nrrd_plan, "test_identity", {"0": {}})
-    """The whole real pyradiomics brain NRRD (256 x 256 x 25 at 0.78 x 0.78 x 6.5 mm) as input."""
     src = tmp_path / "in" / "b_0000.nrrd"
     src.parent.mkdir()
-    shutil.copy(SHARED / "pyradiomics_testcases" / "brain2_image.nrrd", src)
+    shutil.copy(fixture_file(PYRADIOMICS.format("brain2")), src)
     predict_folder(load_predictor(device="cpu"), src.parent, tmp_path / "out", num_processes_preprocessing=0,
                    num_processes_export=0)
     out = tmp_path / "out" / "b.nrrd"

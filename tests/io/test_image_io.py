@@ -7,12 +7,16 @@ import pytest
 import SimpleITK as sitk
 
 from autotrans.io import SUPPORTED_ENDINGS, ImageReadError, read_geometry, read_image, write_image
+from tests.paths import fixture_file
+
+REMIND_T1C = fixture_file("remind_022/t1c.nii.gz")  # real head crop, 68 x 59 x 55: oblique, non-zero origin
+BRAIN1_NRRD = fixture_file("pyradiomics/brain1_image.nrrd")  # real NRRD, every slice, 74 x 66 in-plane
 
 
 @pytest.mark.parametrize("ending", SUPPORTED_ENDINGS)
-def test_round_trip_keeps_geometry_for_every_format(tmp_path: Path, shared_data: Path, ending: str) -> None:
-    arr, geom = read_image(shared_data / "remind_022_t1c_t2" / "t1c.nii.gz")  # oblique, non-zero origin
-    arr = arr[40:60, 50:90, 60:100].copy()
+def test_round_trip_keeps_geometry_for_every_format(tmp_path: Path, ending: str) -> None:
+    arr, geom = read_image(REMIND_T1C)  # oblique, non-zero origin
+    arr = arr[10:30, 10:50, 20:60].copy()
     sub = geom.__class__(size=arr.shape[::-1], spacing=geom.spacing, origin=geom.origin, direction=geom.direction)
     out = tmp_path / f"case{ending}"
     write_image(arr, sub, out)
@@ -22,9 +26,8 @@ def test_round_trip_keeps_geometry_for_every_format(tmp_path: Path, shared_data:
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
-def test_oblique_direction_preserved_exactly(tmp_path: Path, shared_data: Path) -> None:
-    src = shared_data / "remind_022_t1c_t2" / "t1c.nii.gz"
-    arr, geom = read_image(src)
+def test_oblique_direction_preserved_exactly(tmp_path: Path) -> None:
+    arr, geom = read_image(REMIND_T1C)
     write_image(arr, geom, tmp_path / "x.nii.gz")
     g2 = read_geometry(tmp_path / "x.nii.gz")
     assert np.allclose(g2.direction, geom.direction, atol=1e-6)
@@ -32,9 +35,9 @@ def test_oblique_direction_preserved_exactly(tmp_path: Path, shared_data: Path) 
     assert abs(geom.direction[0]) < 0.999  # really oblique
 
 
-def test_nrrd_anisotropic(shared_data: Path) -> None:
-    arr, geom = read_image(shared_data / "pyradiomics_testcases" / "brain1_image.nrrd")
-    assert arr.shape == (25, 256, 256)
+def test_nrrd_anisotropic() -> None:
+    arr, geom = read_image(BRAIN1_NRRD)
+    assert arr.shape == (25, 66, 74)
     assert geom.spacing[2] > 6 * geom.spacing[0]
 
 

@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("nnunetv2", reason="nnunetv2 is a test dependency: pip install '.[test]'")
 
 from autotrans.cli.plan_and_preprocess import main_plan_and_preprocess  # noqa: E402
-from autotrans.dataset.demo import build_brain_demo, build_petct_demo  # noqa: E402
+from autotrans.dataset.demo import build_brain_demo, build_petct_demo, demo_data_dir  # noqa: E402
 from autotrans.dataset.format import DatasetJson  # noqa: E402
 from autotrans.planning.planner import PlannerOptions, plan_experiment  # noqa: E402
 from autotrans.utils.files import load_json  # noqa: E402
@@ -89,15 +89,22 @@ def _nnunet_plan_dataset(tmp: Path, raw: Path, dataset_id: int) -> dict:
     return load_json(tmp / "nn_pre" / f"Dataset{dataset_id:03d}_Same" / "nnUNetPlans.json")["configurations"]
 
 
-@pytest.mark.parametrize("which", ["brain_1mm", "petct_3mm"])
-def test_parity_end_to_end_on_real_images(tmp_path: Path, roots, shared_data: Path, which: str) -> None:
-    """Full-resolution real images: autotrans_plan_and_preprocess writes everything (twice: no work the second
-    time), and its plan equals nnU-Net's own fingerprint + plan of the same images."""
+@pytest.mark.parametrize("which", [
+    "brain_2mm",  # the bundled demo brains: runs on every clone
+    # the originals at full resolution (1 mm brains, the PET/CT on its 3 mm grid): the sizes of real datasets
+    pytest.param("brain_1mm", marks=pytest.mark.full_data), pytest.param("petct_3mm", marks=pytest.mark.full_data),
+])
+def test_parity_end_to_end_on_real_images(tmp_path: Path, roots, request: pytest.FixtureRequest, which: str) -> None:
+    """Real images (the bundled demo, and the full-resolution originals when the shared data is there):
+    autotrans_plan_and_preprocess writes everything (twice: no work the second time), and its plan equals
+    nnU-Net's own fingerprint + plan of the same images."""
     raw = roots["autotrans_raw"] / "Dataset021_Same"
-    if which == "brain_1mm":
-        build_brain_demo(shared_data, raw, spacing=None)  # MS 07/19 + both TCGA-LGG, T2->FLAIR, 1 mm, brain masks
+    if which == "brain_2mm":  # MS 07/19 + both TCGA-LGG, T2->FLAIR, 2 mm, brain masks
+        shutil.copytree(demo_data_dir() / "Dataset901_DemoT2toFLAIR", raw)
+    elif which == "brain_1mm":
+        build_brain_demo(request.getfixturevalue("shared_data"), raw, spacing=None)  # the same brains at 1 mm
     else:
-        build_petct_demo(shared_data, raw, spacing=None, n_slabs=2)  # CT->PET, shared 3 mm grid
+        build_petct_demo(request.getfixturevalue("shared_data"), raw, spacing=None, n_slabs=2)  # shared 3 mm grid
     assert main_plan_and_preprocess(["-d", "21", "-np", "2"]) == 0
     pre = roots["autotrans_preprocessed"] / "Dataset021_Same"
     data = pre / "autotransPlans_3d_fullres"
@@ -109,14 +116,15 @@ def test_parity_end_to_end_on_real_images(tmp_path: Path, roots, shared_data: Pa
     ours = load_json(pre / "autotransPlans.json")
     ref = _nnunet_plan_dataset(tmp_path, raw, 21)
     if which == "brain_1mm":
-        # skull-stripped MR: the brain mask equals nnU-Net's non-zero crop, so shapes agree exactly
+        # skull-stripped MR on its native grid: the brain mask equals nnU-Net's non-zero crop, so shapes agree exactly
         fp = load_json(roots["autotrans_preprocessed"] / "Dataset021_Same" / "dataset_fingerprint.json")
         nn_fp = load_json(tmp_path / "nn_pre" / "Dataset021_Same" / "dataset_fingerprint.json")
         assert fp["shapes_after_crop"] == nn_fp["shapes_after_crop"]
         _compare(ours, ref, "3d_fullres")
     else:
         # CT air is -1024, not 0: nnU-Net's non-zero crop keeps the whole field of view while we crop to
-        # the body mask. The planning rules agree when given the same shapes: check that.
+        # the body mask; the demo's 2 mm brains were smoothed before resampling, so a faint rim of non-zero
+        # voxels lies just outside their brain masks. The planning rules agree when given the same shapes: check that.
         nn_fp = load_json(tmp_path / "nn_pre" / "Dataset021_Same" / "dataset_fingerprint.json")
         fp = {"spacings": nn_fp["spacings"], "shapes_after_crop": nn_fp["shapes_after_crop"],
               "foreground_intensity_properties_per_channel": {"0": {}}, "target_intensity_properties": None}

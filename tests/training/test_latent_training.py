@@ -20,6 +20,7 @@ from tests.training.helpers import fold_dir, load, shrink
 LATENT = ("ldm", "ldm_controlnet", "bbdm", "flow_matching")
 ARGS = ["--epochs", "2", "--iterations", "2", "--val_iterations", "1", "-device", "cpu", "-num_workers", "0",
         "--seed", "0", "--disable_val_tta", "-o", "sampling_steps=2"]
+AE_ARGS = ARGS[:-2]  # the autoencoder does not sample: -o sampling_steps is refused for it
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -79,10 +80,10 @@ def test_latent_models_train_share_one_autoencoder_and_predict(tiny_brain: Path,
 
 def test_autoencoder_trains_alone_and_resumes(tiny_brain: Path, roots: dict[str, Path]) -> None:
     shrink(tiny_brain)
-    assert main(["11", "3d_fullres", "autoencoder", "0", *ARGS]) == 0
+    assert main(["11", "3d_fullres", "autoencoder", "0", *AE_ARGS]) == 0
     fd = fold_dir(roots["autotrans_results"], model="autoencoder")
     assert load(fd / "checkpoint_final.pth")["epoch"] == 2
-    argv = ["11", "3d_fullres", "autoencoder", "0", *ARGS]
+    argv = ["11", "3d_fullres", "autoencoder", "0", *AE_ARGS]
     argv[argv.index("--epochs") + 1] = "3"
     assert main([*argv, "--c"]) == 0
     assert load(fd / "checkpoint_final.pth")["epoch"] == 3
@@ -91,7 +92,7 @@ def test_autoencoder_trains_alone_and_resumes(tiny_brain: Path, roots: dict[str,
 def test_predicting_with_the_autoencoder_is_refused(tiny_brain: Path, roots: dict[str, Path], tmp_path: Path,
                                                     capsys: pytest.CaptureFixture) -> None:
     shrink(tiny_brain)
-    assert main(["11", "3d_fullres", "autoencoder", "0", *ARGS]) == 0
+    assert main(["11", "3d_fullres", "autoencoder", "0", *AE_ARGS]) == 0
     raw_images = roots["autotrans_raw"] / "Dataset011_DemoT2toFLAIR" / "imagesTr"
     out = tmp_path / "out"
     code = predict_main(["-i", str(raw_images), "-o", str(out), "-d", "11", "-m", "autoencoder", "-device", "cpu",

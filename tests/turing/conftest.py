@@ -1,5 +1,9 @@
 """Shared fixtures: small crops of real volumes and "synthetic" versions made from them (smoothed or
-noised), a study built from them, and a running server on a private copy of that study."""
+noised), a study built from them, and a running server on a private copy of that study.
+
+The real volumes are crops shipped in tests/data (see its ATTRIBUTION.md): a column of the CCTH-A01 3 mm CT
+(z 80..180, y and x 40..80) and PET (z 80..164, y and x 30..80), and the MS patient 07 FLAIR (z 59..99,
+y 60..121, x 60..111). Offsets below are relative to those crops."""
 from __future__ import annotations
 
 import http.client
@@ -17,11 +21,11 @@ from scipy.ndimage import gaussian_filter
 from autotrans.io import Geometry, read_image, write_image
 from autotrans.turing import Study, SyntheticSource, create_study, make_server
 from autotrans.turing.server import TuringServer, serve_in_thread
+from tests.paths import fixture_file
 
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-CT = SHARED_DATA / "petct_tcia_ccth_a01" / "ct_hu_3mm.nii.gz"
-PET = SHARED_DATA / "petct_tcia_ccth_a01" / "pet_suv_3mm.nii.gz"
-FLAIR = SHARED_DATA / "open_ms_data_mni" / "patient07" / "FLAIR.nii.gz"
+CT = fixture_file("ccth_a01/column_ct.nii.gz")
+PET = fixture_file("ccth_a01/column_pet.nii.gz")
+FLAIR = fixture_file("ms_patient07/flair.nii.gz")
 
 # Distinctive names so the leak test can look for them in everything a reader receives.
 CASES = ["pt_zebra_01", "pt_zebra_02", "pt_zebra_03", "pt_zebra_04"]
@@ -30,27 +34,22 @@ REAL_DIR = "realsrc_walnut"
 SYNTH_DIRS = ("synthsrc_apricot", "synthsrc_fig")
 
 
-def require(path: Path) -> Path:
-    if not path.is_file():
-        pytest.skip(f"real test volume {path} not found (shared data expected at {SHARED_DATA})")
-    return path
-
-
-def crop_to(arr: np.ndarray, geo: Geometry, z0: int, shape: tuple[int, int, int], yx0: int = 30) -> tuple[np.ndarray, Geometry]:
+def crop_to(arr: np.ndarray, geo: Geometry, z0: int, shape: tuple[int, int, int], yx0: int = 0) -> tuple[np.ndarray, Geometry]:
     out = np.ascontiguousarray(arr[z0:z0 + shape[0], yx0:yx0 + shape[1], yx0:yx0 + shape[2]])
     return out, Geometry(size=out.shape[::-1], spacing=geo.spacing, origin=geo.origin, direction=geo.direction)
 
 
-def make_volumes(src: Path, root: Path, shape: tuple[int, int, int] = (24, 40, 40), noise: float = 30.0) -> dict[str, Any]:
-    """Real crops of ``src`` plus two fake models: Gaussian-smoothed and noised copies."""
-    arr, geo = read_image(require(src))
+def make_volumes(src: Path, root: Path, shape: tuple[int, int, int] = (24, 40, 40), noise: float = 30.0,
+                 yx0: int = 0) -> dict[str, Any]:
+    """Real crops of ``src`` (one every 25 slices) plus two fake models: Gaussian-smoothed and noised copies."""
+    arr, geo = read_image(src)
     rng = np.random.default_rng(0)
     real, sa, sb = root / REAL_DIR, root / SYNTH_DIRS[0], root / SYNTH_DIRS[1]
     for d in (real, sa, sb):
         d.mkdir(parents=True)
     crops = {}
     for i, case in enumerate(CASES):
-        crop, g = crop_to(arr, geo, 80 + 25 * i, shape, yx0=40)
+        crop, g = crop_to(arr, geo, 25 * i, shape, yx0=yx0)
         crops[case] = crop
         write_image(crop, g, real / f"{case}.nii.gz")
         write_image(gaussian_filter(crop, 1.2), g, sa / f"{case}.nii.gz")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -157,7 +158,14 @@ def test_report_from_a_study_folder(study: Study, tmp_path: Path) -> None:
     html = (out / "report.html").read_text()
     assert "Fleiss" in html and "cyclegan_kiwi" in html and 'src="calibration.png"' in html
     assert json.loads((out / "summary.json").read_text())["n_ratings"] == len(rows)
-    # two studies pool, readers are then named study/reader
-    pooled = analyze_studies([study.folder, study.folder], tmp_path / "pooled")
+    # two studies pool, readers are then named study/reader (a second study: a copy with its own study id;
+    # the same study given twice is counted once)
+    second = tmp_path / "study_b"
+    shutil.copytree(study.folder, second)
+    meta = json.loads((second / "study.json").read_text())
+    meta["study_id"] = "0" * 16
+    (second / "study.json").write_text(json.dumps(meta))
+    assert analyze_studies([study.folder, study.folder], tmp_path / "same")["n_ratings"] == len(rows)
+    pooled = analyze_studies([study.folder, second], tmp_path / "pooled")
     assert pooled["n_ratings"] == 2 * len(rows)
     assert pooled["per_reader"][0]["reader"].startswith("study")

@@ -25,9 +25,9 @@ from tqdm import tqdm
 
 from autotrans.dataset.format import ChannelInfo, DatasetJson, save_dataset_json
 from autotrans.errors import ConfigurationError, DatasetError
-from autotrans.utils.files import atomic_directory, ensure_replaceable
+from autotrans.utils.files import atomic_directory, ensure_replaceable, ensure_writable_folder
 from autotrans.io import Geometry, ImageReadError, file_ending, read_geometry, read_image, write_image
-from autotrans.paths import dataset_folder_name, raw_root
+from autotrans.paths import ROOT_VARS, dataset_folder_name, parse_dataset_folder_name, raw_root
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +80,23 @@ class ConversionPlan:
     # The grid every file of a case is put on: the target's (default) or the first source image's.
     reference_role: str = "target"
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def ensure_dataset_id_free(dataset_id: int, folder: str) -> None:
+    """Refuse a dataset id that another dataset (another name) already uses in any of the roots that are set:
+    a second ``DatasetXXX_*`` folder would make ``-d XXX`` ambiguous for every later command."""
+    for var in ROOT_VARS:
+        value = os.environ.get(var)
+        root = Path(value).expanduser() if value else None
+        if root is None or not root.is_dir():
+            continue
+        for child in sorted(root.iterdir()):
+            parsed = parse_dataset_folder_name(child.name)
+            if parsed and parsed[0] == dataset_id and child.name != folder and child.is_dir():
+                raise ConfigurationError(
+                    f"dataset id {dataset_id} is already used by {child}: a second Dataset{dataset_id:03d}_* folder "
+                    f"would make -d {dataset_id} ambiguous; choose another id, or -n {parsed[1]} with --overwrite "
+                    "to replace that dataset")
 
 
 def body_mask_from_ct(ct_hu: np.ndarray, threshold_hu: float = -500.0) -> np.ndarray:
@@ -261,7 +278,9 @@ def write_raw_dataset(
         raise ConfigurationError(f"file mode {mode!r} not in {FILE_MODES}")
     folder = dataset_folder_name(dataset_id, name or plan.default_name)
     dest = raw_root() / folder
+    ensure_dataset_id_free(dataset_id, folder)
     ensure_replaceable(dest, overwrite)
+    ensure_writable_folder(dest.parent)  # a read-only raw root fails before any file is read
     geoms = check_plan(plan, resample)
     if plan.problems:
         if not skip_incomplete:
