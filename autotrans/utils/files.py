@@ -177,6 +177,12 @@ def load_json(path: str | os.PathLike) -> Any:
         return json.load(f)
 
 
+def _nearest_existing(folder: Path) -> Path:
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
 def ensure_writable_folder(folder: str | os.PathLike) -> Path:
     """Check, before any long work and without creating anything, that files can be made in ``folder`` (or,
     while it does not exist yet, in its nearest existing parent).
@@ -186,11 +192,8 @@ def ensure_writable_folder(folder: str | os.PathLike) -> Path:
     leaves no empty output folder behind.
     """
     folder = Path(folder)
-    probe_dir = folder
-    while not probe_dir.exists() and probe_dir != probe_dir.parent:
-        probe_dir = probe_dir.parent
     try:
-        with tempfile.TemporaryFile(prefix=_temp_prefix("write-check"), dir=probe_dir):
+        with tempfile.TemporaryFile(prefix=_temp_prefix("write-check"), dir=_nearest_existing(folder)):
             pass
     except OSError as e:
         raise OSError(e.errno, e.strerror or str(e), str(folder)) from None
@@ -198,21 +201,16 @@ def ensure_writable_folder(folder: str | os.PathLike) -> Path:
 
 
 def ensure_writable_dir(folder: str | os.PathLike, what: str) -> Path:
-    """Prove, before any work, that files can be made in ``folder`` (or, while it does not exist yet, in its
-    nearest existing parent) with a probe file removed at once: a read-only output fails early, in one line
-    naming the folder, and nothing is created or changed."""
+    """``ensure_writable_folder`` with the message of a ``ConfigurationError`` that says which output
+    (``what``) cannot be written, for commands whose outputs are named by an option."""
     from autotrans.errors import ConfigurationError
 
     folder = Path(folder)
-    probe_dir = folder
-    while not probe_dir.exists() and probe_dir != probe_dir.parent:
-        probe_dir = probe_dir.parent
+    probe_dir = _nearest_existing(folder)
     if not probe_dir.is_dir():
         raise ConfigurationError(f"{what} {folder}: {probe_dir} exists and is not a folder")
     try:
-        fd, probe = tempfile.mkstemp(prefix=_temp_prefix("write-probe"), dir=probe_dir)
-        os.close(fd)
-        os.unlink(probe)
+        ensure_writable_folder(folder)
     except OSError as e:
         raise ConfigurationError(f"{what} {folder}: cannot write there ({e.strerror or e}); "
                                  "choose a folder you can write to") from None
