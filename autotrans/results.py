@@ -17,9 +17,12 @@ that are accepted as the one exception (``_legacy_numpy_globals``: array reconst
 """
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import pickle
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,11 @@ from autotrans.planning.planner import plans_hash
 from autotrans.utils.files import atomic_path
 
 CHECKPOINT_KEYS = ("family", "configuration", "plans_sha1", "overrides", "networks")
+#: errors of a filesystem without hard links (FAT/exFAT, some network and FUSE mounts): ``link_checkpoint`` copies
+_NO_HARD_LINKS = {errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOSYS, errno.EOPNOTSUPP,
+                  getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)}
+
+logger = logging.getLogger(__name__)
 
 
 def _legacy_numpy_globals() -> list[Any]:
@@ -88,6 +96,34 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
         if e.errno is None:
             raise
         raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+
+
+def link_checkpoint(source: str | os.PathLike, path: str | os.PathLike) -> str:
+    """Make ``path`` the same checkpoint as ``source`` without a second copy on disk; returns "link" or "copy".
+
+    Used when two checkpoints hold the same weights (``checkpoint_best.pth`` written at the last epoch, then
+    ``checkpoint_final.pth``): a hard link, made under a hidden temporary name and renamed onto ``path``, so it is
+    as atomic as ``save_checkpoint``. Later writes of either name are ``save_checkpoint``'s rename of a new file
+    onto that name: it replaces that directory entry only, so the other name keeps the old weights. Where the
+    filesystem has no hard links the file is copied (still through a temporary and a rename)."""
+    source, path = Path(source), Path(path)
+    try:
+        with atomic_path(path, suffix=".pth") as tmp:
+            tmp.unlink()  # the temporary's name is ours; the link takes it
+            try:
+                os.link(source, tmp)
+                how = "link"
+            except OSError as e:
+                if e.errno not in _NO_HARD_LINKS:
+                    raise
+                logger.debug("no hard links for %s (%s): copying", path, e.strerror)
+                shutil.copyfile(source, tmp)
+                how = "copy"
+    except OSError as e:
+        if e.errno is None:
+            raise
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+    return how
 
 
 def load_checkpoint(path: str | os.PathLike, plans: dict[str, Any] | None = None,

@@ -34,8 +34,8 @@ def test_brain_t2_to_flair(brain_demo: Path, roots, caplog) -> None:
     assert cfg.spacing == [2.0, 2.0, 2.0]
     assert plans.target_normalization.scheme == "percentile"
     fams = cfg.data["families"]
-    models = {"pix2pix", "cyclegan", "srgan", "autoencoder", "ldm", "ldm_prior", "ldm_controlnet", "bbdm",
-              "flow_matching"}
+    models = {"regression", "pix2pix", "cyclegan", "srgan", "autoencoder", "ldm", "ldm_prior", "ldm_controlnet",
+              "bbdm", "flow_matching"}
     assert set(fams) == models | {"latent", "budget"}
     # the plan says what each family got (one rule: the U-Net's budget, one memory model, parameter parity)
     unet = fams["budget"]["unet_parameters"]

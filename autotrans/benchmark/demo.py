@@ -16,9 +16,11 @@ from autotrans.errors import ConfigurationError
 
 logger = logging.getLogger(__name__)
 
-DEMO_MODELS = ("pix2pix", "cyclegan", "srgan", "ldm", "ldm_controlnet", "bbdm", "flow_matching")
+DEMO_MODELS = ("regression", "pix2pix", "cyclegan", "srgan", "ldm", "ldm_controlnet", "bbdm", "flow_matching")
+#: reference rows, no training (fitted on the fold's training cases in well under a second each)
+DEMO_BASELINES = ("identity", "intensity_map")
 #: T2 -> FLAIR brains (lesion maps: lesion-level tables). CT -> PET (902) and simulated CBCT -> CT (903) are
-#: opt-in (-d 901 902): with all seven models the latent models' whole-volume sampling of a PET/CT slab takes
+#: opt-in (-d 901 902): with all eight models the latent models' whole-volume sampling of a PET/CT slab takes
 #: minutes per model on 2 CPU cores, which does not fit the 15-minute default (documentation/benchmark.md)
 DEMO_DATASETS = ("901",)
 DEMO_FOLD = "0"
@@ -27,7 +29,7 @@ DEMO_FOLD = "0"
 #: one slab took 2-3 minutes per model on 2 CPU cores, at 4 mm eight times the voxels of a brain)
 GPU_MEMORY_TARGET_GB = 0.05
 TARGET_SPACING_MM = {901: (4.0, 4.0, 4.0), 902: (8.0, 8.0, 8.0), 903: (8.0, 8.0, 8.0)}
-#: training iterations per model at --budget 1 (a real run: 1000 x 250 = 250,000); sized so that all seven
+#: training iterations per model at --budget 1 (a real run: 1000 x 250 = 250,000); sized so that all eight
 #: models on 901 finish within 15 minutes on the 2-core development machine (documentation/benchmark.md)
 BASE_ITERATIONS = 10
 ITERATIONS_PER_EPOCH = 10
@@ -46,13 +48,27 @@ class DemoBudget:
     steps: int
 
 
-def budget_schedule(budget: float) -> DemoBudget:
+def minimum_epochs(model: str) -> int:
+    """The fewest epochs that train ``model`` as what it is named (``Family.minimum_epochs``: SRGAN needs its
+    pre-training and its GAN phase); 1 for a name that is not a trained family (the baselines)."""
+    import autotrans.families  # noqa: F401  (registers the shipped families)
+    from autotrans.families.base import get_family
+
+    try:
+        return int(get_family(model).minimum_epochs())
+    except ConfigurationError:
+        return 1
+
+
+def budget_schedule(budget: float, model: str | None = None) -> DemoBudget:
     """Scale the total number of training iterations by ``budget``: epochs of 10 iterations, at least one epoch
-    of two iterations (so even ``--budget 0.01`` trains, validates and checkpoints)."""
+    of two iterations (so even ``--budget 0.01`` trains, validates and checkpoints). With ``model``: at least
+    its ``minimum_epochs``, the same total iterations spread over them (SRGAN at budget 1: 2 epochs x 5), so no
+    model is trained as less than its name says and the demo's time stays about the same."""
     if not budget > 0:
         raise ConfigurationError(f"--budget {budget}: must be > 0")
     total = max(2, round(BASE_ITERATIONS * budget))
-    epochs = max(1, total // ITERATIONS_PER_EPOCH)
+    epochs = max(1, total // ITERATIONS_PER_EPOCH, minimum_epochs(model) if model else 1)
     iterations = max(2, round(total / epochs))
     return DemoBudget(epochs, iterations, VAL_ITERATIONS, max(2, round(DEMO_SAMPLING_STEPS * min(budget, 1.0))))
 
@@ -91,7 +107,7 @@ def run_demo(budget: float = 1.0, device: str = "cpu", models: list[str] | None 
     from autotrans.planning.planner import PlannerOptions
 
     sched = budget_schedule(budget)
-    model_names = check_models(list(models or DEMO_MODELS))  # before anything is installed
+    model_names = check_models(list(models or DEMO_MODELS + DEMO_BASELINES))  # before anything is installed
     names = [demo_dataset_name(d) for d in (datasets or DEMO_DATASETS)]
     roots = ensure_roots()
     from autotrans.dataset.demo import install_demo
@@ -111,9 +127,18 @@ def run_demo(budget: float = 1.0, device: str = "cpu", models: list[str] | None 
     logger.info("demo: %s on %s, fold %s, %d epochs x %d iterations per model (budget %g), %d sampling steps for "
                 "the latent models, no mirror TTA, device %s", ", ".join(model_names), ", ".join(names), DEMO_FOLD, sched.epochs,
                 sched.iterations, budget, sched.steps, device)
-    failed = run_grid(grid)
+    schedules: dict[DemoBudget, list[str]] = {}  # models with more epochs than the base schedule run apart
+    for m in model_names:
+        schedules.setdefault(budget_schedule(budget, m), []).append(m)
+    failed: list[tuple[str, str]] = []
+    for s, group in schedules.items():
+        if s != sched:
+            logger.info("demo: %s at %d epochs x %d iterations (the fewest epochs that train every phase of it)",
+                        ", ".join(group), s.epochs, s.iterations)
+        failed += run_grid(replace(grid, models=tuple(group), epochs=s.epochs, iterations=s.iterations))
     info = {"failed": [name for name, _ in failed], "demo": True, "budget": budget, "datasets": names, "models": list(model_names), "folds": [DEMO_FOLD],
             "device": device, "mirror_tta": False,
+            "schedules": {m: {"epochs": s.epochs, "iterations": s.iterations} for s, g in schedules.items() for m in g},
             "planner": {"gpu_memory_target_gb": GPU_MEMORY_TARGET_GB,
                         "target_spacing_mm": {n: list(TARGET_SPACING_MM[int(n[7:10])]) for n in names}}}
     report = write_report(grid.output, collect(grid), info)

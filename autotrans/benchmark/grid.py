@@ -94,15 +94,21 @@ def _suggest(name: str, options: list[str]) -> str:
 
 
 def check_models(models: list[str]) -> tuple[str, ...]:
-    """Registered families that translate; shared stages (autoencoder, ldm_prior) are trained where needed."""
+    """Registered families that translate, and the reference baselines (``autotrans.baselines``: no training,
+    fitted per fold); shared stages (autoencoder, ldm_prior) are trained where needed."""
     import autotrans.families  # noqa: F401  (registers the shipped families)
+    from autotrans.baselines import available_baselines, is_baseline
     from autotrans.families.base import available_families, get_family
 
-    names = available_families()
+    names = available_families() + available_baselines()
     out = []
     for m in models:
         if m not in names:
             raise ConfigurationError(f"unknown model {m!r}{_suggest(m, names)}; available: {', '.join(names)}")
+        if is_baseline(m):
+            if m not in out:
+                out.append(m)
+            continue
         if not getattr(get_family(m), "translates", True):
             raise ConfigurationError(f"model {m!r} does not translate (a shared stage, trained automatically for "
                                      "the models that build on it); leave it out of -m")
@@ -164,6 +170,7 @@ def check_datasets(datasets: list[str]) -> tuple[str, ...]:
 
 def check_pairing(datasets: tuple[str, ...], models: tuple[str, ...]) -> None:
     """Paired families cannot train on unpaired data: refuse the whole grid up front, not task 17 of 35."""
+    from autotrans.baselines import is_baseline
     from autotrans.dataset.format import load_dataset_json
     from autotrans.families.base import get_family
 
@@ -171,7 +178,7 @@ def check_pairing(datasets: tuple[str, ...], models: tuple[str, ...]) -> None:
         if load_dataset_json(raw_root() / d).paired:
             continue
         for m in models:
-            if getattr(get_family(m), "paired_batches", True):
+            if is_baseline(m) or getattr(get_family(m), "paired_batches", True):
                 raise ConfigurationError(f"model {m!r} needs paired data, but {d} is unpaired (use cyclegan)")
 
 

@@ -22,11 +22,15 @@ def versions() -> dict[str, str]:
     return out
 
 
-def machine() -> dict[str, Any]:
+def machine(include_hostname: bool = False) -> dict[str, Any]:
+    """What the protocol says about the machine; the hostname only when asked, since a report is shared and a
+    hostname names an internal machine without helping anyone reproduce a number."""
     import torch
 
     info: dict[str, Any] = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                            "cpu_count": os.cpu_count(), "hostname": platform.node()}
+                            "cpu_count": os.cpu_count()}
+    if include_hostname:
+        info["hostname"] = platform.node()
     if torch.cuda.is_available():
         info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return info
@@ -48,11 +52,11 @@ def plan_hashes(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def protocol_blocks(results: list[dict[str, Any]]) -> list[tuple]:
+def protocol_blocks(results: list[dict[str, Any]], include_hostname: bool = False) -> list[tuple]:
     v = versions()
-    m = machine()
+    m = machine(include_hostname)
     hashes = plan_hashes(results)
-    flags = {r["inference"].get("mirror_tta", True) for r in results}
+    flags = {r["inference"].get("mirror_tta", True) for r in results if not r.get("baseline")}  # baselines: no TTA
     tta = "on" if flags == {True} else ("off" if flags == {False} else "on for some tasks, off for others")
     blocks: list[tuple] = [
         ("h2", "Protocol"),
@@ -72,11 +76,15 @@ def protocol_blocks(results: list[dict[str, Any]]) -> list[tuple]:
     ]
     blocks += sizing_blocks(results)
     rows = []
-    for r in sorted(results, key=lambda r: (r["dataset"], r["model"], int(r["fold"]))):
+    from autotrans.benchmark.summary import model_order
+
+    order = model_order({r["model"] for r in results}, {r["model"] for r in results if r.get("baseline")})
+    for r in sorted(results, key=lambda r: (r["dataset"], order.index(r["model"]), int(r["fold"]))):
         t = r["training"]
         stages = "; ".join(f"{k} {v['epochs']} x {v['iterations_per_epoch']} (seed {v.get('seed')})"
                            for k, v in (t.get("stages") or {}).items()) or "–"
-        rows.append([r["dataset"], r["model"], r["fold"], str(t["epochs"]), str(t["iterations_per_epoch"]),
+        rows.append([r["dataset"], f"*{r['model']} (baseline)*" if r.get("baseline") else r["model"], r["fold"],
+                     str(t["epochs"]), str(t["iterations_per_epoch"]),
                      str(t["total_iterations"]), str(t.get("batch_size")), str(t.get("seed")), stages,
                      ", ".join(r["cases"])])
     blocks += [("p", "Trained schedule per task, read from checkpoint_final.pth (epochs done x iterations per "

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import html
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +17,27 @@ import numpy as np
 from autotrans.benchmark import figures
 from autotrans.benchmark.grid import FULL_EPOCHS, FULL_ITERATIONS
 from autotrans.benchmark.protocol import protocol_blocks
+from autotrans.benchmark.summary import (
+    baseline_names,
+    dataset_unit,
+    fmt,
+    fmt_duration,
+    headline,
+    is_baseline_result,
+    model_label,
+    model_order,
+    summary_cell,
+)
 from autotrans.errors import AutotransError
 from autotrans.evaluation.standards import STANDARD_METRICS
-from autotrans.evaluation.strict_json import load_results
-from autotrans.utils.files import atomic_path, save_json
+from autotrans.evaluation.strict_json import load_results, save_strict_json
+from autotrans.utils.files import atomic_path
 
 logger = logging.getLogger(__name__)
 
 METRICS = list(STANDARD_METRICS["autotrans"])
 STRATA = ("<0.5 mL", "0.5-5 mL", ">5 mL", "all")
+MIN_BOX_N = figures.MIN_BOX_N
 Block = tuple  # ("h1"|"h2"|"h3"|"p"|"warn", text) | ("table", headers, rows) | ("img", path, caption)
 
 
@@ -35,23 +46,12 @@ def task_folder(output: Path, r: dict[str, Any]) -> Path:
     return output / "tasks" / r["dataset"] / key / f"fold_{r['fold']}"
 
 
-def fmt(v: Any, digits: int = 4) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, str):
-        return v
-    v = float(v)
-    if math.isnan(v):
-        return "n/a"
-    if math.isinf(v):
-        return "inf"
-    return f"{v:.{digits}g}"
-
-
 def pool(output: Path, results: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
     """dataset -> model -> {cases: {case: metrics}, lesions: [rows], tasks: [results]} (folds pooled by case)."""
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for r in results:
+        if r.get("skipped"):  # a baseline that makes no sense for this dataset: a note, no row
+            continue
         entry = out.setdefault(r["dataset"], {}).setdefault(r["model"], {"cases": {}, "lesions": [], "tasks": []})
         folder = task_folder(output, r)
         entry["cases"].update(load_results(folder / r["evaluation"])["cases"])  # strict JSON back to inf/NaN
@@ -59,12 +59,15 @@ def pool(output: Path, results: list[dict[str, Any]]) -> dict[str, dict[str, dic
             for case, rows in load_results(folder / r["evaluation_lesions"]).get("lesions", {}).items():
                 entry["lesions"] += [{"case": case, **row} for row in rows]
         entry["tasks"].append(r)
+    for dataset, models in out.items():  # one model order in every table and figure
+        out[dataset] = {m: models[m] for m in model_order(models, baseline_names(models))}
     return out
 
 
 def short_training_statement(results: list[dict[str, Any]]) -> str | None:
     """Plain words when any model trained less than the full nnU-Net schedule."""
     full = FULL_EPOCHS * FULL_ITERATIONS
+    results = [r for r in results if not r.get("skipped") and not is_baseline_result(r)]  # baselines do not train
     short = [r for r in results if (r["training"].get("total_iterations") or 0) < full]
     if not short:
         return None
@@ -75,20 +78,35 @@ def short_training_statement(results: list[dict[str, Any]]) -> str | None:
             "end to end, not the quality of the models.")
 
 
+def metric_label(metric: str) -> str:
+    """A column header that says which way is better (MAE ↓, PSNR ↑)."""
+    return f"{figures.METRIC_LABELS[metric]} {'↑' if figures.HIGHER_IS_BETTER[metric] else '↓'}"
+
+
 def metric_table(models: dict[str, dict[str, Any]]) -> Block:
+    """One row per model: n, then per metric "mean ± std (median)", or the values themselves below
+    :data:`MIN_BOX_N` cases (a std of one case is 0 and would suggest a precision there is not)."""
     rows = []
+    baselines = baseline_names(models)
     for m, e in models.items():
-        row = [m, str(len(e["cases"]))]
+        row = [model_label(m, baselines), str(len(e["cases"]))]
         for metric in METRICS:
             v = np.array([c[metric] for c in e["cases"].values() if metric in c], dtype=float)
-            v = v[~np.isnan(v)]
-            if v.size == 0:
-                row.append("n/a")
-                continue
-            with np.errstate(invalid="ignore"):
-                row.append(f"{fmt(v.mean())} ± {fmt(v.std())} ({fmt(np.median(v))})")
+            row.append(summary_cell(v, MIN_BOX_N))
         rows.append(row)
-    return ("table", ["model", "cases", *[figures.METRIC_LABELS[m] for m in METRICS]], rows)
+    return ("table", ["model", "n (cases)", *[metric_label(m) for m in METRICS]], rows)
+
+
+def small_n_note(models: dict[str, dict[str, Any]]) -> str | None:
+    """Why some cells list values and some plot columns have no box (None when every model has enough cases)."""
+    counts = {len(e["cases"]) for e in models.values()}
+    few = sorted(n for n in counts if n < MIN_BOX_N)
+    if not few:
+        return None
+    who = f"Only {few[0]} held-out case(s) per model" if len(counts) == 1 else \
+        f"Some models have fewer than {MIN_BOX_N} held-out cases ({', '.join(map(str, few))})"
+    return (f"{who}: their cells list the per-case values (comma-separated) instead of mean ± std (median), and "
+            f"the figure shows their points without a box; a spread or a box needs at least {MIN_BOX_N} cases.")
 
 
 def statistics_blocks(dataset: str, models: dict[str, dict[str, Any]], files: Path,
@@ -97,11 +115,14 @@ def statistics_blocks(dataset: str, models: dict[str, dict[str, Any]], files: Pa
     from autotrans.evaluation.statistics import compare_runs, draw_cd_diagram
 
     names = list(models)
+    baselines = baseline_names(models)
     common = sorted(set.intersection(*[set(e["cases"]) for e in models.values()])) if names else []
     blocks: list[Block] = [("h3", "Statistics across models")]
     if len(names) < 2 or len(common) < 2:
-        blocks.append(("p", f"Not computed: needs at least 2 models and 2 cases that every model predicted; this "
-                       f"run has {len(names)} model(s) and {len(common)} shared case(s)."))
+        reason = (f"needs at least 2 models and 2 cases that every model predicted; this run has {len(names)} "
+                  f"model(s) and {len(common)} shared case(s)")
+        blocks.append(("p", f"Not computed: {reason}."))
+        stats_out[dataset] = {"skipped": reason, "n_models": len(names), "n_cases": len(common)}
         return blocks
     blocks.append(("p", f"{len(common)} cases pooled over folds. Friedman and the Nemenyi critical-difference "
                    "diagram need 3 or more models; pairwise Wilcoxon signed-rank tests are Holm-corrected per "
@@ -113,6 +134,7 @@ def statistics_blocks(dataset: str, models: dict[str, dict[str, Any]], files: Pa
             res = compare_runs(runs, names=names, metrics=[metric])["metrics"][metric]
         except AutotransError as e:
             blocks.append(("p", f"{figures.METRIC_LABELS[metric]}: not computed ({str(e).splitlines()[0]})"))
+            stats_out.setdefault(dataset, {})[metric] = {"skipped": str(e).splitlines()[0], "n_cases": len(common)}
             continue
         stats_out.setdefault(dataset, {})[metric] = res
         label = figures.METRIC_LABELS[metric]
@@ -122,11 +144,13 @@ def statistics_blocks(dataset: str, models: dict[str, dict[str, Any]], files: Pa
             head += f": Friedman χ² = {fmt(fr['statistic'])}, p = {fmt(fr['p'], 3)}"
         blocks.append(("p", head))
         blocks.append(("table", ["model", "mean", "95% bootstrap CI", "mean rank"],
-                       [[m, fmt(res["mean"][m]), f"[{fmt(res['ci95'][m][0])}, {fmt(res['ci95'][m][1])}]",
-                         fmt(res["mean_rank"][m], 3)] for m in names]))
+                       [[model_label(m, baselines), fmt(res["mean"][m]),
+                         f"[{fmt(res['ci95'][m][0])}, {fmt(res['ci95'][m][1])}]", fmt(res["mean_rank"][m], 3)]
+                        for m in names]))
         blocks.append(("table", ["A", "B", "mean A−B", "Wilcoxon p", "Holm p", "rank-biserial", "significant"],
-                       [[w["a"], w["b"], fmt(w["mean_diff"]), fmt(w["p"], 3), fmt(w["p_holm"], 3),
-                         fmt(w["rank_biserial"], 3), "yes" if w["significant"] else "no"] for w in res["wilcoxon"]]))
+                       [[model_label(w["a"], baselines), model_label(w["b"], baselines), fmt(w["mean_diff"]),
+                         fmt(w["p"], 3), fmt(w["p_holm"], 3), fmt(w["rank_biserial"], 3),
+                         "yes" if w["significant"] else "no"] for w in res["wilcoxon"]]))
         if fr is not None:
             png = files / f"{dataset}_cd_{metric}.png"
             try:
@@ -137,31 +161,58 @@ def statistics_blocks(dataset: str, models: dict[str, dict[str, Any]], files: Pa
     return blocks
 
 
+#: lesion table columns: key in ``stratify``'s output -> readable header
+LESION_COLUMNS = {
+    "mae": "MAE", "dice": "Dice (thresholded shape)", "hd95_mm": "HD95 (mm)",
+    "abs_contrast_rel_err": "|contrast error| (relative)", "abs_suvmax_rel_err": "|SUVmax error| (relative)",
+    "abs_suvmean_rel_err": "|SUVmean error| (relative)", "abs_suvpeak_rel_err": "|SUVpeak error| (relative)",
+}
+
+
 def lesion_blocks(models: dict[str, dict[str, Any]]) -> list[Block]:
+    """Per-lesion metrics by size class; each cell says over how many of the stratum's lesions it is defined, and
+    size classes without lesions are left out."""
     from autotrans.evaluation.lesions import stratify
 
     with_rows = {m: e["lesions"] for m, e in models.items() if e["lesions"]}
     if not with_rows:
         return []
-    keys = ["mae", "dice", "hd95_mm", "abs_contrast_rel_err", "abs_suvmax_rel_err", "abs_suvmean_rel_err",
-            "abs_suvpeak_rel_err"]
-    strata = {m: stratify(rows) for m, rows in with_rows.items()}
-    present = [k for k in keys if any(k in s[name] for s in strata.values() for name in STRATA)]
+    baselines = baseline_names(models)
+    strata = {model_label(m, baselines): stratify(rows) for m, rows in with_rows.items()}
+    present = [k for k in LESION_COLUMNS if any(k in s[name] for s in strata.values() for name in STRATA)]
     rows = []
     for m, s in strata.items():
         for name in STRATA:
             entry = s[name]
-            rows.append([m, name, str(entry["n"]),
-                         *[f"{fmt(entry[k]['mean'])} ({fmt(entry[k]['median'])})" if k in entry else "–"
-                           for k in present]])
+            if not entry["n"]:
+                continue
+            cells = []
+            for k in present:
+                if k not in entry:
+                    cells.append(f"– (0/{entry['n']} lesions)")
+                    continue
+                value = fmt(entry[k]["mean"]) if entry[k]["n"] < MIN_BOX_N else \
+                    f"{fmt(entry[k]['mean'])}, median {fmt(entry[k]['median'])}"
+                cells.append(f"{value} ({entry[k]['n']}/{entry['n']} lesions)")
+            rows.append([m, name, str(entry["n"]), *cells])
+        if sum(1 for name in STRATA[:-1] if s[name]["n"]) == 1:
+            rows.pop()  # "all" would repeat the one size class that has lesions
     return [("h3", "Lesion level, by lesion size"),
             ("p", "Per-lesion metrics over the held-out cases that have lesion maps (26-connected components of "
-             "the reference map); mean (median). Relative errors as absolute values."),
-            ("table", ["model", "size", "lesions", *present], rows)]
+             "the reference map); mean, and the median from 3 lesions on; relative errors as absolute "
+             "values. Each cell ends with the lesions it is computed on out of the lesions of its row: Dice and "
+             "HD95 compare the lesion's thresholded shape in the reference and in the prediction (PET: 41% of "
+             "SUVmax; MR: the local background's mean + k std); Dice is undefined where neither has a voxel above "
+             "its threshold near the lesion, HD95 wherever either has none (each lesion's reason is in the "
+             "evaluation's lesion rows, <metric>_undefined). Size classes without lesions are not listed, nor \"all\" when it "
+             "would repeat the only size class."),
+            ("table", ["model", "size class", "lesions", *[LESION_COLUMNS[k] for k in present]], rows)]
 
 
 def slice_block(dataset: str, models: dict[str, dict[str, Any]], output: Path, files: Path) -> list[Block]:
-    """Real vs source vs each model through one point of one held-out case all models predicted."""
+    """Real vs source vs each model through one point of one held-out case all models predicted, every volume
+    resampled onto the reference's display grid (:mod:`autotrans.benchmark.slices`)."""
+    from autotrans.benchmark import slices
     from autotrans.io import read_image
 
     common = sorted(set.intersection(*[set(e["cases"]) for e in models.values()]))
@@ -178,53 +229,97 @@ def slice_block(dataset: str, models: dict[str, dict[str, Any]], output: Path, f
     case = next((c for c in common if lesion_file(c)), common[0])
     first = next(t for t in next(iter(models.values()))["tasks"] if case in t["files"])
     info = first["files"][case]
+    target, src_mods = first["modality"], list(first["source_modalities"])
     real, geo = read_image(task_folder(output, first) / info["reference"])
-    source, _ = read_image(info["source"])
-    mask = read_image(info["mask"])[0] if info["mask"] else None
-    lesion = read_image(info["lesions"])[0] if info["lesions"] else None
-    point = figures.focus_point(real.shape, lesion, mask)
-    win = figures.window(real, mask)
-    src_mod = "/".join(first["source_modalities"])
-    rows = [(f"source ({src_mod})", source, figures.window(source, mask)), (f"real ({first['modality']})", real, win)]
+    grid = slices.display_grid(geo)
+
+    def show(arr: np.ndarray, g: Any, modality: str | None, label: bool = False) -> np.ndarray:
+        bg = 0.0 if label else slices.background_value(modality or target, arr)
+        return slices.to_display(arr, g, grid, bg, label=label)
+
+    real_d = show(real, geo, target)
+    source, src_geo = read_image(info["source"])
+    mask = show(*read_image(info["mask"]), None, label=True) if info["mask"] else None
+    lesion = show(*read_image(info["lesions"]), None, label=True) if info["lesions"] else None
+    point = figures.focus_point(real_d.shape, lesion, mask)
+    win = slices.display_window(target, real_d, mask, "the real target")
+    src_win = slices.display_window(src_mods[0], show(source, src_geo, src_mods[0]), mask, "the source")
+    rows = [(f"source ({'/'.join(src_mods)})", show(source, src_geo, src_mods[0]), src_win),
+            (f"real ({target})", real_d, win)]
+    baselines = baseline_names(models)
     for m, e in models.items():
         task = next(t for t in e["tasks"] if case in t["files"])
-        pred, _ = read_image(task_folder(output, task) / task["files"][case]["prediction"])
-        if pred.shape == real.shape:
-            rows.append((m, pred, win))
+        pred, pred_geo = read_image(task_folder(output, task) / task["files"][case]["prediction"])
+        rows.append((f"{m} (baseline)" if m in baselines else m, show(pred, pred_geo, target), win))
+    masked = mask is not None and bool((mask > 0).any())
+    if masked:
+        # what is scored, and nothing else: outside the evaluation mask the real target and every prediction show
+        # the physical background (a model's unscored output in the air of its crop box would otherwise show as
+        # a bright frame that ends at the crop box, where the export's background begins)
+        bg = slices.background_value(target, real_d)
+        rows[1:] = [(label, np.where(mask > 0, arr, bg).astype(np.float32), w) for label, arr, w in rows[1:]]
     where = "the centre of the largest lesion" if lesion is not None and lesion.any() else \
         ("the centre of the mask" if mask is not None else "the volume centre")
     png = files / f"{dataset}_slices.png"
-    figures.example_slices(rows, point, geo.spacing, f"{dataset}: {case} (fold {first['fold']})", png, lesion)
-    return [("h3", "Example slices"),
-            ("img", png, f"{case}: three planes through {where} (voxel z, y, x = {point}); real and every model "
-             f"share one window (p0.5–p99.5 of the real target inside the mask: {fmt(win[0])} to {fmt(win[1])}); "
-             "the source has its own; red: reference lesion outline")]
+    unit = {"CT": "HU", "CBCT": "HU", "PET": "SUV"}
+    units = {label: unit.get(target, "normalized") for label, _, _ in rows[1:]}
+    units[rows[0][0]] = unit.get(src_mods[0], "")
+    outlined = figures.example_slices(rows, point, grid.GetSpacing(), f"{dataset}: {case} (fold {first['fold']})",
+                                      png, lesion, units)
+    pos = ", ".join(f"{v:.0f}" for v in slices.physical_point(point, grid))
+    caption = (f"{case}: three planes through {where} (LPS {pos} mm), {slices.CONVENTION}. Real target and every "
+               f"model share one window: {win.text}; the source ({'/'.join(src_mods)}): {src_win.text}.")
+    if masked:
+        caption += (" Real target and predictions are shown inside the evaluation mask, where they are scored; "
+                    "outside it, the physical background.")
+    if outlined:
+        caption += " Red: reference lesion outline (real target row)."
+    return [("h3", "Example slices"), ("img", png, caption)]
 
 
 def timing_blocks(results: list[dict[str, Any]]) -> list[Block]:
+    """Training and inference cost per task, durations in s, min or h (whichever reads best)."""
     rows = []
-    for r in sorted(results, key=lambda r: (r["dataset"], r["model"], int(r["fold"]))):
+    scored = [r for r in results if not r.get("skipped")]
+    by_dataset: dict[str, list[dict[str, Any]]] = {}
+    for r in scored:
+        by_dataset.setdefault(r["dataset"], []).append(r)
+    ordered = []
+    for d in sorted(by_dataset):
+        rs = by_dataset[d]
+        order = model_order({r["model"] for r in rs}, {r["model"] for r in rs if is_baseline_result(r)})
+        ordered += sorted(rs, key=lambda r: (order.index(r["model"]), int(r["fold"])))
+
+    def hours(v: float | None) -> str:
+        return fmt_duration(v * 3600 if v is not None else None)
+
+    for r in ordered:
         t, i = r["training"], r["inference"]
-        stages = ", ".join(f"{k} {fmt(v['hours'], 3)}" for k, v in (t.get("stages") or {}).items()) or "–"
-        rows.append([r["dataset"], r["model"], r["fold"], f"{t['epochs']} x {t['iterations_per_epoch']}",
-                     fmt(t["hours"], 3), fmt(t.get("validation_hours"), 3), stages,
-                     fmt(t["wall_s_benchmark"] / 3600 if t.get("wall_s_benchmark") else None, 3),
-                     fmt(i["seconds_per_volume"], 3), fmt(i.get("network_seconds_per_volume"), 3), t.get("device") or "–"])
+        stages = ", ".join(f"{k} {hours(v['hours'])}" for k, v in (t.get("stages") or {}).items()) or "–"
+        base = is_baseline_result(r)
+        rows.append([r["dataset"], model_label(r["model"], {r["model"]} if base else set()), r["fold"],
+                     "fit, no training" if base else f"{t['epochs']} x {t['iterations_per_epoch']}",
+                     hours(t["hours"]), hours(t.get("validation_hours")), stages,
+                     fmt_duration(t.get("wall_s_benchmark")),
+                     fmt_duration(i["seconds_per_volume"]), fmt_duration(i.get("network_seconds_per_volume")),
+                     t.get("device") or "–"])
     return [("h2", "Training and inference cost"),
-            ("p", "Training hours: the sum of the epochs' training times in the checkpoint history (all invocations "
-             "of a resumed run), without the per-epoch validation, whose hours are listed beside them (the latent "
+            ("p", "Training: the sum of the epochs' training times in the checkpoint history (all invocations "
+             "of a resumed run), without the per-epoch validation, whose time is listed beside it (the latent "
              "models sample a few validation batches cheaply; see documentation/training_engine.md). Shared stages: "
              "the fold's stages a model builds on, each trained once per dataset and fold with the same budget "
-             "(latent models: the autoencoder; ldm_controlnet also its prior), with their training hours. Benchmark "
-             "wall hours: the training calls made by this benchmark (and the shared stages for the first model of a "
-             "fold that needs them); empty when the model was trained before. Inference: seconds per volume end to "
-             "end (read, preprocess, network, export) and the network part alone (timings.json)."),
-            ("table", ["dataset", "model", "fold", "epochs x iterations", "training h", "validation h",
-                       "shared stages h", "benchmark wall h", "inference s/volume", "network s/volume", "device"],
+             "(latent models: the autoencoder; ldm_controlnet also its prior), with their training time. Benchmark "
+             "wall time: the training calls made by this benchmark (and the shared stages for the first model of a "
+             "fold that needs them); empty when the model was trained before. Inference: time per volume end to "
+             "end (read, preprocess, network, export) and the network part alone (timings.json). Durations in "
+             "seconds below 2 minutes, minutes below 2 hours, hours above."),
+            ("table", ["dataset", "model", "fold", "epochs x iterations", "training", "validation",
+                       "shared stages", "benchmark wall time", "inference / volume", "network / volume", "device"],
              rows)]
 
 
-def build_blocks(output: Path, results: list[dict[str, Any]], stats_out: dict[str, Any]) -> list[Block]:
+def build_blocks(output: Path, results: list[dict[str, Any]], stats_out: dict[str, Any],
+                 include_hostname: bool = False) -> list[Block]:
     files = output / "report_files"
     files.mkdir(parents=True, exist_ok=True)
     pooled = pool(output, results)
@@ -232,25 +327,50 @@ def build_blocks(output: Path, results: list[dict[str, Any]], stats_out: dict[st
     statement = short_training_statement(results)
     if statement:
         blocks.append(("warn", statement))
-    blocks.append(("p", f"{len(results)} finished task(s): {len(pooled)} dataset(s), "
-                   f"{len({r['model'] for r in results})} model(s), folds "
-                   f"{', '.join(sorted({r['fold'] for r in results}, key=int))}. Metrics: the autotrans standard "
-                   "(documentation/evaluation.md), inside the mask, on each fold's held-out cases; folds are pooled "
-                   "by case. Table cells: mean ± std (median)."))
+    scored = [r for r in results if not r.get("skipped")]
+    skipped: dict[str, list[str]] = {}
+    for r in results:
+        if r.get("skipped"):
+            note = f"Baseline {r['model']} skipped: {r['skipped'].split(': ', 1)[-1]}."
+            if note not in skipped.setdefault(r["dataset"], []):
+                skipped[r["dataset"]].append(note)
+    body: list[Block] = []
     for dataset, models in pooled.items():
         mod = next(iter(models.values()))["tasks"][0]
-        unit = {"CT": "HU", "CBCT": "HU", "PET": "SUV"}.get(mod["modality"], "the plan's normalized MR scale")
-        blocks += [("h2", f"{dataset}: {'/'.join(mod['source_modalities'])} → {mod['modality']}"),
-                   ("p", f"MAE and MSE in {unit}."), metric_table(models)]
+        baselines = baseline_names(models)
+        body += [("h2", f"{dataset}: {'/'.join(mod['source_modalities'])} → {mod['modality']}"),
+                 ("p", f"MAE and MSE in {dataset_unit(mod['modality'])}."
+                  + (f" Rows in italics marked (baseline) are reference baselines that need no training "
+                     f"({', '.join(sorted(baselines))}; documentation/benchmark.md), scored on the same held-out "
+                     f"cases." if baselines else "")
+                  + (" " + " ".join(skipped[dataset]) if skipped.get(dataset) else "")), metric_table(models)]
+        note = small_n_note(models)
+        if note:
+            body.append(("p", note))
         png = files / f"{dataset}_boxplots.png"
-        figures.boxplots({m: {k: [c[k] for c in e["cases"].values() if k in c] for k in METRICS}
-                          for m, e in models.items()}, METRICS, dataset, png)
-        blocks.append(("img", png, f"{dataset}: per-case metrics (folds pooled), one box per model"))
-        blocks += statistics_blocks(dataset, models, files, stats_out)
-        blocks += lesion_blocks(models)
-        blocks += slice_block(dataset, models, output, files)
+        boxed = figures.boxplots({m: {k: [c[k] for c in e["cases"].values() if k in c] for k in METRICS}
+                                  for m, e in models.items()}, METRICS, dataset, png, baselines=baselines)
+        body.append(("img", png, f"{dataset}: per-case metrics (folds pooled), "
+                     + ("one box per model with 3 or more cases, points for every case" if boxed else
+                        f"one point per case, values written beside them; no boxes (fewer than {MIN_BOX_N} cases "
+                        "per model)")
+                     + "; each panel says whether higher or lower is better and its n; axes from 0 (SSIM and "
+                     "MS-SSIM: 0 to 1; PSNR from 0 dB)" + ("; grey: baselines" if baselines else "")))
+        body += statistics_blocks(dataset, models, files, stats_out)
+        body += lesion_blocks(models)
+        body += slice_block(dataset, models, output, files)
+    opening = [headline(d, models, stats_out, skipped.get(d, [])) for d, models in pooled.items()]
+    opening += [f"{d}: {' '.join(notes)}" for d, notes in skipped.items() if d not in pooled]
+    blocks.append(("p", " ".join(opening)))
+    blocks.append(("p", f"{len(scored)} finished task(s): {len(pooled)} dataset(s), "
+                   f"{len({r['model'] for r in scored})} model(s), folds "
+                   f"{', '.join(sorted({r['fold'] for r in scored}, key=int))}. Metrics: the autotrans standard "
+                   "(documentation/evaluation.md), inside the mask, on each fold's held-out cases; folds are pooled "
+                   f"by case. Table cells: mean ± std (median) over n cases; with fewer than {MIN_BOX_N} cases the "
+                   "values themselves. ↓: lower is better; ↑: higher is better."))
+    blocks += body
     blocks += timing_blocks(results)
-    blocks += protocol_blocks(results)
+    blocks += protocol_blocks(scored, include_hostname)
     return blocks
 
 
@@ -276,7 +396,17 @@ CSS = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1
        "table{border-collapse:collapse;margin:.5em 0 1.2em;font-size:13px}"
        "td,th{border:1px solid #bbb;padding:3px 7px;text-align:left}th{background:#eee}"
        ".warn{background:#fff3cd;border:1px solid #e0b000;padding:.7em 1em;font-weight:bold}"
+       "tr.baseline td{font-style:italic;color:#555;background:#f6f6f6}"
        "figure{margin:.5em 0 1.5em}img{max-width:100%}figcaption{font-size:13px;color:#555}")
+
+
+def _html_row(row: list[Any]) -> str:
+    """A table row; a baseline's (first cell ``*name (baseline)*``) in italics and grey, without the asterisks."""
+    cells = [str(c) for c in row]
+    emphasised = [len(c) > 2 and c.startswith("*") and c.endswith("*") for c in cells]
+    cells = [c[1:-1] if em else c for c, em in zip(cells, emphasised)]
+    cls = ' class="baseline"' if emphasised and emphasised[0] else ""
+    return f"<tr{cls}>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>"
 
 
 def render_html(blocks: list[Block]) -> str:
@@ -293,7 +423,7 @@ def render_html(blocks: list[Block]) -> str:
             out.append(f"<p class=\"warn\">{e(b[1])}</p>")
         elif kind == "table":
             head = "".join(f"<th>{e(str(h))}</th>" for h in b[1])
-            body = "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in r) + "</tr>" for r in b[2])
+            body = "".join(_html_row(r) for r in b[2])
             out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
         elif kind == "img":
             data = base64.b64encode(Path(b[1]).read_bytes()).decode("ascii")
@@ -303,18 +433,22 @@ def render_html(blocks: list[Block]) -> str:
     return "\n".join(out)
 
 
-def write_report(output: Path, results: list[dict[str, Any]], grid_info: dict[str, Any] | None = None) -> Path:
-    """Write ``results.json``, ``statistics.json``, ``report.md`` and ``report.html``; returns the HTML path."""
+def write_report(output: Path, results: list[dict[str, Any]], grid_info: dict[str, Any] | None = None,
+                 include_hostname: bool = False) -> Path:
+    """Write ``results.json``, ``statistics.json`` (strict JSON), ``report.md`` and ``report.html``; returns the
+    HTML path. The machine's hostname is in the protocol only with ``include_hostname`` (a shared report)."""
     from autotrans.errors import ConfigurationError
 
     if not results:
         raise ConfigurationError(f"no finished benchmark task under {output}: nothing to report")
     output = Path(output)
     stats: dict[str, Any] = {}
-    blocks = build_blocks(output, results, stats)
-    save_json({"grid": grid_info or {}, "tasks": results, "short_training": short_training_statement(results)},
-              output / "results.json")
-    save_json(stats, output / "statistics.json")
+    blocks = build_blocks(output, results, stats, include_hostname)
+    save_strict_json({"grid": grid_info or {}, "tasks": results,
+                      "short_training": short_training_statement(results)}, output / "results.json")
+    for d in {r["dataset"] for r in results if not r.get("skipped")} - set(stats):
+        stats[d] = {"skipped": "no statistics section for this dataset"}
+    save_strict_json(stats, output / "statistics.json")  # never empty: a skipped dataset says why
     for name, text in (("report.md", render_markdown(blocks, output)), ("report.html", render_html(blocks))):
         with atomic_path(output / name, suffix=Path(name).suffix) as tmp:
             tmp.write_text(text, encoding="utf-8")

@@ -4,7 +4,8 @@ Each stage leaves a marker and is skipped when the marker exists, so rerunning a
 missing: a dataset is prepared when its data are preprocessed with the current plan; training is finished
 when ``checkpoint_final.pth`` exists (an interrupted run resumes with ``--c`` semantics); prediction when
 ``inference.json`` exists (a half-predicted folder is redone, so its timing is honest); evaluation when
-``evaluation.json`` exists; the task when ``result.json`` exists.
+``evaluation.json`` exists; the task when ``result.json`` exists. A baseline task (``autotrans.baselines``) fits on
+the fold's training cases instead of training and predicts through the same export (``benchmark/baselines.py``).
 """
 from __future__ import annotations
 
@@ -251,6 +252,12 @@ def run_task(task: Task) -> dict[str, Any]:
     if task.finished:
         logger.info("%s: finished earlier, skipped", task.name)
         return load_json(task.result_file)
+    from autotrans.baselines import is_baseline
+
+    if is_baseline(task.model):  # fit on the fold's training cases instead of training; same predict/evaluate
+        from autotrans.benchmark.baselines import run_baseline_task
+
+        return run_baseline_task(task)
     task.folder.mkdir(parents=True, exist_ok=True)
     train(task)
     cases = fold_cases(task)

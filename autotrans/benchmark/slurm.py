@@ -83,7 +83,10 @@ def emit_slurm(grid: GridSpec, out_dir: str | Path, common: list[str], train_fla
              for t in grid.tasks()]
     # the shared stages the models build on, in dependency order (autoencoder, then the ControlNet's prior);
     # autoencoder_tasks.txt is written (empty) without latent models too
-    stages = list(dict.fromkeys(dep for m in grid.models for dep, _ in get_family(m).dependencies))
+    from autotrans.baselines import is_baseline
+
+    stages = list(dict.fromkeys(dep for m in grid.models if not is_baseline(m)
+                                for dep, _ in get_family(m).dependencies))
 
     def stage_task(stage: str, d: str, f: str) -> str:
         final = f"$autotrans_results/{d}/{model_folder_name(stage, grid.plans_name, grid.configuration)}" \

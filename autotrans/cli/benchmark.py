@@ -34,11 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
         "fold, skipping what is finished, then write report.html/report.md under $autotrans_results/benchmark "
         "(or -o). With --emit_slurm DIR, write SLURM job scripts instead of running.")
     p.add_argument("-d", nargs="+", required=True, metavar="DATASET", help="dataset ids or names")
-    p.add_argument("-m", nargs="+", required=True, metavar="MODEL", help="models (registered families)")
+    p.add_argument("-m", nargs="+", required=True, metavar="MODEL",
+                   help="models (registered families, e.g. regression pix2pix ldm) and reference baselines "
+                   "(identity intensity_map: no training, fitted on each fold's training cases)")
     p.add_argument("-f", nargs="+", default=["0", "1", "2", "3", "4"], metavar="FOLD",
                    help="folds (default 0 1 2 3 4; each must exist in every dataset's split)")
     p.add_argument("-c", default="3d_fullres", metavar="CONFIG", help="configuration (3d_fullres)")
-    p.add_argument("-p", default="autotransPlans", metavar="PLANS", help="plans name (autotransPlans)")
+    p.add_argument("-p", default="autotransPlans", metavar="PLANS",
+                   help="plans name (autotransPlans; a preset's, e.g. autotransResEncUNetLPlans, plans new datasets "
+                        "with that preset)")
     add_budget(p)
     p.add_argument("-gpu_memory_target", type=float, default=None, metavar="GB",
                    help="planner GPU memory target for datasets not planned yet (planner default 8)")
@@ -57,8 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def planner_options(args: argparse.Namespace):  # -> PlannerOptions
     from autotrans.planning.planner import PlannerOptions
+    from autotrans.planning.presets import preset_for_plans_name
 
     kw = {}
+    preset = preset_for_plans_name(args.p)  # -p autotransResEncUNetLPlans plans new datasets with -pl ResEncL
+    if preset is not None:
+        kw.update(preset=preset.name, plans_name=args.p)
     if args.gpu_memory_target is not None:
         kw["gpu_memory_target_gb"] = args.gpu_memory_target
     if args.overwrite_target_spacing is not None:

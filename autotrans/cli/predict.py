@@ -6,13 +6,13 @@ import logging
 import sys
 from pathlib import Path
 
-import torch
-
 from autotrans.cli.common import run, setup_logging
 from autotrans.errors import ConfigurationError
-from autotrans.inference.folder import check_output_target, predict_folder
-from autotrans.inference.models import DEFAULT_CHECKPOINT, load_model, select_model
-from autotrans.inference.predictor import Predictor, PredictorSettings
+from autotrans.utils.devices import add_device_argument, check_device, resolve_device
+
+# torch and the inference code are imported when a prediction runs, not for --help or an argument error
+#: ``autotrans.inference.models.DEFAULT_CHECKPOINT`` (kept here so the parser needs no torch; a test checks)
+DEFAULT_CHECKPOINT = "checkpoint_final.pth"
 
 logger = logging.getLogger("autotrans.predict")
 
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, metavar="N",
                    help="sampler steps of stochastic models (default: the plan's)")
     p.add_argument("--seed", type=int, default=0, help="noise seed of stochastic models (default 0)")
-    p.add_argument("-device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_argument(p, None)
     p.add_argument("--fp32", action="store_true", help="no bf16 autocast on CUDA")
     p.add_argument("-batch_size", type=int, default=1, metavar="N", help="tiles per network call (default 1)")
     p.add_argument("--continue_prediction", action="store_true", help="skip cases whose output already exists")
@@ -58,8 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(a.verbose)
 
     def go() -> None:
-        if a.device == "cuda" and not torch.cuda.is_available():
-            raise ConfigurationError("-device cuda: no CUDA device is available (use -device cpu)")
+        from autotrans.inference.folder import check_output_target, predict_folder
+        from autotrans.inference.models import load_model, select_model
+        from autotrans.inference.predictor import Predictor, PredictorSettings
+
+        a.device = resolve_device(a.device)
+        check_device(a.device)  # the same names and messages as autotrans_train
         if a.steps is not None and a.steps < 1:
             raise ConfigurationError(f"--steps {a.steps}: must be >= 1")
         if not 0 < a.step_size <= 1:  # also NaN

@@ -6,6 +6,7 @@ import sys
 
 from autotrans.cli.common import run, setup_logging
 from autotrans.errors import ConfigurationError
+from autotrans.utils.devices import add_device_argument
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,14 +16,14 @@ def build_parser() -> argparse.ArgumentParser:
         "plan; flags override them for this run and are recorded in the results folder (debug.json, checkpoints).")
     p.add_argument("dataset", help="dataset id or name (e.g. 3 or Dataset003_Name)")
     p.add_argument("configuration", help="plan configuration (e.g. 3d_fullres)")
-    p.add_argument("model", help="model: pix2pix, cyclegan, srgan, ldm, ldm_controlnet, bbdm, flow_matching, "
-                   "or a shared stage: autoencoder (the latent models train it first when missing), ldm_prior "
+    p.add_argument("model", help="model: regression, pix2pix, cyclegan, srgan, ldm, ldm_controlnet, bbdm, "
+                   "flow_matching, or a shared stage: autoencoder (the latent models train it first when missing), ldm_prior "
                    "(ldm_controlnet's frozen base, likewise)")
     p.add_argument("fold", help="fold of splits_final.json (0..N-1) or 'all'")
     p.add_argument("-p", "--plans", default="autotransPlans", help="plans name (autotransPlans)")
     p.add_argument("--c", "--continue", dest="continue_training", action="store_true",
                    help="continue from the newest valid checkpoint of this fold")
-    p.add_argument("-device", "--device", default="cuda", help="cpu, cuda or mps (cuda)")
+    add_device_argument(p, "cuda")  # the same choices and checks as autotrans_predict
     p.add_argument("--epochs", type=int, default=None, help="number of epochs (plan, else 1000)")
     p.add_argument("--iterations", type=int, default=None, help="training iterations per epoch (plan, else 250)")
     p.add_argument("--val_iterations", type=int, default=None,
@@ -49,8 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
                    help="family hyperparameter override, repeatable (e.g. -o lambda_l1=50)")
     p.add_argument("-perceptual_weights", "--perceptual_weights", default=None, metavar="PATH",
-                   help="SRGAN: user-supplied 3D feature network for the perceptual loss (TorchScript or .pt2); "
-                   "default: discriminator features (same as -o perceptual_weights=PATH)")
+                   help="SRGAN, regression, autoencoder: user-supplied 3D feature network for the perceptual loss "
+                   "(TorchScript or .pt2); default: SRGAN discriminator features, none for the others (same as "
+                   "-o perceptual_weights=PATH)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 

@@ -25,9 +25,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
-from skimage.transform import iradon, radon
-from tqdm import tqdm
 
 from autotrans.dataset.converters.common import body_mask_from_ct, ensure_dataset_id_free
 from autotrans.dataset.units import ct_units_problem
@@ -36,6 +33,11 @@ from autotrans.errors import ConfigurationError
 from autotrans.utils.files import atomic_directory, ensure_replaceable, ensure_writable_folder
 from autotrans.io import read_image, write_image
 from autotrans.paths import dataset_folder_name, raw_root
+from autotrans.utils.progress import progress as progress_bar
+from autotrans.utils.lazy import LazyModule
+
+ndimage = LazyModule("scipy.ndimage")
+skimage_transform = LazyModule("skimage.transform")
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +103,7 @@ def _simulate_slice(
     mu: np.ndarray, pixel_mm: float, p: CBCTSimulationParams, theta: np.ndarray, rng: np.random.Generator
 ) -> np.ndarray:
     """Projection-domain degradation and FBP of one padded square μ slice (1/mm)."""
-    sino = radon(mu, theta=theta, circle=True, preserve_range=True) * pixel_mm  # line integrals
+    sino = skimage_transform.radon(mu, theta=theta, circle=True, preserve_range=True) * pixel_mm  # line integrals
     primary = p.photons_per_ray * np.exp(-sino)
     if p.scatter_to_primary > 0:
         # Scatter arises where photons interact (∝ 1 − e^(−p)) and reaches the detector as a broad hump
@@ -118,7 +120,7 @@ def _simulate_slice(
     counts = rng.poisson(primary + scatter).astype(np.float64)
     # Scatter is not corrected, as on an uncorrected CBCT: the log sees primary + scatter.
     measured = -np.log(np.maximum(counts, 1.0) / p.photons_per_ray)
-    rec = iradon(measured / pixel_mm, theta=theta, circle=True, filter_name=p.filter_name, preserve_range=True)
+    rec = skimage_transform.iradon(measured / pixel_mm, theta=theta, circle=True, filter_name=p.filter_name, preserve_range=True)
     if p.arc_degrees < 180.0:
         rec *= 180.0 / p.arc_degrees  # iradon normalises by π over n angles; a short arc covers less
     return rec
@@ -170,7 +172,7 @@ def simulate_cbct(
     mu = np.clip(MU_WATER_PER_MM * (1.0 + np.clip(ct_hu, HU_MIN, HU_MAX).astype(np.float64) / 1000.0), 0.0, None)
     out = np.empty(ct_hu.shape, np.float32)
     padded = np.zeros((side, side), np.float64)
-    for z in tqdm(range(nz), desc="simulating CBCT", unit="slice", disable=not progress, leave=False):
+    for z in progress_bar(range(nz), desc="simulating CBCT", unit="slice", disable=not progress, leave=False):
         padded[oy : oy + ny, ox : ox + nx] = mu[z]
         rec = _simulate_slice(padded, pixel_mm, p, theta, rng)[oy : oy + ny, ox : ox + nx]
         out[z] = 1000.0 * (rec / MU_WATER_PER_MM - 1.0)
@@ -247,7 +249,7 @@ def build_simulated_cbct_dataset(
     if len(set(ids)) != len(ids):
         raise ConfigurationError(f"duplicate case ids among the CTs: {sorted({c for c in ids if ids.count(c) > 1})}")
     with atomic_directory(dest) as tmp:
-        for case_id, ct_path, mask_path in tqdm(cts, desc=f"simulating CBCT for {folder}", unit="case"):
+        for case_id, ct_path, mask_path in progress_bar(cts, desc=f"simulating CBCT for {folder}", unit="case"):
             _write_case(tmp, case_id, Path(ct_path), mask_path, params, seed)
         dj = DatasetJson(
             name=name,

@@ -20,13 +20,15 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
-from scipy.ndimage import binary_fill_holes, label
 
 from autotrans.dataset.format import ChannelInfo, DatasetJson, load_dataset_json, save_dataset_json
 from autotrans.errors import ConfigurationError
 from autotrans.paths import dataset_folder_name, parse_dataset_folder_name, raw_root
 from autotrans.preprocessing.cropping import bbox_of
+from autotrans.utils.lazy import LazyModule
+
+sitk = LazyModule("SimpleITK")
+ndimage = LazyModule("scipy.ndimage")
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +59,7 @@ def _resample_iso(img: sitk.Image, spacing: float, interpolator: int, smooth: bo
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:
-    lab, n = label(mask)
+    lab, n = ndimage.label(mask)
     if n <= 1:
         return mask
     sizes = np.bincount(lab.ravel())[1:]
@@ -104,7 +106,7 @@ def build_brain_demo(shared: Path, out: Path, spacing: float | None = BRAIN_SPAC
         t2 = _maybe_resample(sitk.ReadImage(str(folder / t2_name), sitk.sitkFloat32), spacing, sitk.sitkBSpline, True)
         flair = _maybe_resample(sitk.ReadImage(str(folder / flair_name), sitk.sitkFloat32), spacing, sitk.sitkBSpline, True)
         t2_arr = sitk.GetArrayFromImage(t2)
-        brain = _largest_component(binary_fill_holes(np.abs(t2_arr) > 1e-3 * np.abs(t2_arr).max()))
+        brain = _largest_component(ndimage.binary_fill_holes(np.abs(t2_arr) > 1e-3 * np.abs(t2_arr).max()))
         box = _bbox(brain, margin=2)
         mask_img = sitk.GetImageFromArray(brain.astype(np.uint8))
         mask_img.CopyInformation(t2)

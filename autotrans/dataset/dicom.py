@@ -24,10 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import SimpleITK as sitk
 
 from autotrans.errors import AutotransError
 from autotrans.io import Geometry, file_ending, write_image
+from autotrans.utils.lazy import LazyModule
+
+sitk = LazyModule("SimpleITK")
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,9 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from scipy import ndimage as ndi
+from autotrans.utils.lazy import LazyModule
+
+ndi = LazyModule("scipy.ndimage")
 
 # scipy.ndimage boundary names -> numpy.pad names (same extension rule)
 _PAD_MODE = {"reflect": "symmetric", "mirror": "reflect"}

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from autotrans.errors import ConfigurationError, DatasetError
 from autotrans.evaluation.lesions import stratify
@@ -22,6 +21,7 @@ from autotrans.evaluation.standards import STANDARD_METRICS, evaluate_case
 from autotrans.evaluation.strict_json import save_strict_json
 from autotrans.io import SUPPORTED_ENDINGS, file_ending, read_geometry, read_image
 from autotrans.utils.files import atomic_path
+from autotrans.utils.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def evaluate_folders(
     cases: dict[str, dict[str, float]] = {}
     info: dict[str, dict[str, Any]] = {}
     lesion_rows: dict[str, list[dict[str, Any]]] = {}
-    for case, entry in tqdm(pairs.items(), desc=f"evaluate {standard}", unit="case", disable=len(pairs) < 2):
+    for case, entry in progress(pairs.items(), desc=f"evaluate {standard}", unit="case", disable=len(pairs) < 2):
         r, geo = read_image(entry["ref"])
         p, _ = read_image(entry["pred"])
         m = read_image(entry["mask"])[0] if entry["mask"] is not None else None

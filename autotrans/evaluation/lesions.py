@@ -18,6 +18,7 @@ PEAK_SPHERE_ML = 1.0
 SEARCH_DILATION = 2  # voxels: thresholded shapes may extend a little beyond the reference lesion
 SHELL_DILATION = 3  # voxels: thickness of the MR local background shell
 _FULL = np.ones((3, 3, 3), dtype=bool)  # 26-connectivity
+UNDEFINED = "_undefined"  # suffix of the key beside an undefined (NaN -> null) metric that says why
 
 
 def size_class(volume_ml: float) -> str:
@@ -128,9 +129,29 @@ def lesion_metrics(ref: np.ndarray, pred: np.ndarray, lesion_map: np.ndarray, ma
             rows.append(row)
             continue
         seg_r, seg_p = _touching(seg_r, les), _touching(seg_p, les)
-        row.update(dice=dice(seg_r, seg_p), hd95_mm=hd95(seg_r, seg_p, spacing_zyx))
+        row.update(dice=dice(seg_r, seg_p), hd95_mm=hd95(seg_r, seg_p, spacing_zyx),
+                   seg_voxels_ref=int(seg_r.sum()), seg_voxels_pred=int(seg_p.sum()))
+        row.update({f"{k}{UNDEFINED}": why for k, why in undefined_reasons(row, modality).items()})
         rows.append(row)
     return rows
+
+
+def undefined_reasons(row: dict[str, Any], modality: str) -> dict[str, str]:
+    """Why each undefined (NaN) metric of a lesion row has no value, written beside its ``null`` in strict JSON as
+    ``<metric>_undefined`` (like strict JSON's ``<metric>_infinite``): a reader of "Dice 0 (3/25 lesions)" then
+    knows what happened to the other 22."""
+    threshold = "41% of SUVmax" if modality == "PET" else "the local background's mean + k std"
+    out: dict[str, str] = {}
+    ref_empty, pred_empty = not row.get("seg_voxels_ref"), not row.get("seg_voxels_pred")
+    which = " and ".join(w for w, e in (("reference", ref_empty), ("prediction", pred_empty)) if e)
+    if "dice" in row and math.isnan(row["dice"]):
+        out["dice"] = f"no voxel above {threshold} near the lesion in the reference nor in the prediction"
+    if "hd95_mm" in row and math.isnan(row["hd95_mm"]):
+        out["hd95_mm"] = f"no voxel above {threshold} near the lesion in the {which}: no surface to measure"
+    for key in ("suvmax_rel_err", "suvmean_rel_err", "suvpeak_rel_err", "contrast_rel_err"):
+        if key in row and math.isnan(row[key]):
+            out[key] = "the reference value is 0: a relative error is undefined"
+    return out
 
 
 _STRATUM_METRICS = (
@@ -140,7 +161,8 @@ _STRATUM_METRICS = (
 
 
 def stratify(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Mean and median of per-lesion metrics per size class (relative errors as absolute values)."""
+    """Mean and median of per-lesion metrics per size class (relative errors as absolute values), each with
+    ``n``, the lesions where it is defined (the stratum's ``n`` counts all its lesions)."""
     out: dict[str, dict[str, Any]] = {}
     for name, _, _ in SIZE_CLASSES + (("all", 0, 0),):
         sub = rows if name == "all" else [r for r in rows if r["size_class"] == name]

@@ -97,6 +97,28 @@ class Family(ABC):
         bs = configuration.data.get("families", {}).get(cls.name, {}).get("batch_size")
         return int(bs) if bs else None
 
+    @classmethod
+    def phases(cls, num_epochs: int, overrides: dict[str, Any] | None = None) -> dict[str, int]:
+        """Epochs of each named training phase a run of ``num_epochs`` has (one phase by default). A family whose
+        name means several phases (SRGAN: SRResNet pre-training, then the GAN) lists them, so a short run that
+        leaves one out can be detected (``minimum_epochs``)."""
+        return {"training": int(num_epochs)}
+
+    @classmethod
+    def minimum_epochs(cls, overrides: dict[str, Any] | None = None) -> int:
+        """The fewest epochs with which a run trains this family as what it is named: every phase of it, and of
+        the shared stages it trains first with the same budget (``dependencies``), gets at least one epoch.
+
+        The demo gives each model at least this many (``autotrans.benchmark.demo.budget_schedule``)."""
+        need = 1
+        for dependency, _ in cls.dependencies:  # trained with the same epochs, without this model's overrides
+            need = max(need, get_family(dependency).minimum_epochs())
+        for n in range(need, 10_000):
+            if min(cls.phases(n, overrides).values(), default=1) >= 1:
+                return n
+        phases = ", ".join(cls.phases(need, overrides))
+        raise ConfigurationError(f"{cls.name}: no number of epochs trains every phase ({phases})")
+
     @abstractmethod
     def build(self) -> None:
         """Create the networks from the plan (``self.configuration.family(...)``) on ``self.device``."""

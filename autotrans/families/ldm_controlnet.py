@@ -38,6 +38,12 @@ class LDMControlNetFamily(LatentFamily):
     needs_source_image = True  # sample_latent takes the source image tile too (inference passes it)
     dependencies = (AUTOENCODER, PRIOR)
 
+    @classmethod
+    def phases(cls, num_epochs: int, overrides: dict[str, Any] | None = None) -> dict[str, int]:
+        """The ControlNet trains for the whole budget on the fold's ``ldm_prior``, itself trained first with the
+        same number of epochs (``dependencies``): both are there from one epoch on."""
+        return {"ldm_prior (frozen base, a shared stage)": int(num_epochs), "ControlNet": int(num_epochs)}
+
     def build_denoisers(self) -> None:
         lc = self.latent_channels
         section = self.section["diffusion_unet"]

@@ -162,3 +162,31 @@ def evaluating(nets: Iterable[nn.Module]) -> Iterator[None]:
 def resolved(family: Any, defaults: dict[str, Any]) -> dict[str, Any]:
     """Every hyperparameter in ``defaults`` as the family sees it (override > plan family section > default)."""
     return {key: family.hparam(key, default) for key, default in defaults.items()}
+
+
+def masked_ssim_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None, window: int = 7,
+                     data_range: float = 2.0, k1: float = 0.01, k2: float = 0.03) -> torch.Tensor:
+    """``1 - SSIM`` averaged over the voxels inside ``mask`` (all voxels without one), differentiable.
+
+    The SSIM map is the evaluation's formula (Wang et al. 2004 with scikit-image's uniform ``window``^3 window
+    and sample covariance, see ``autotrans.evaluation.ssim``) on the network's normalized space, whose range is
+    [-1, 1] (``data_range`` 2). The map is computed on the whole patch (``avg_pool3d``, replicate padding so
+    the patch border does not see zeros) and averaged over the mask, like ``masked_l1``.
+    """
+    p, t = pred.float(), target.float()
+    pad = window // 2
+
+    def mean(x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool3d(F.pad(x, (pad,) * 6, mode="replicate"), window, stride=1)
+
+    ux, uy = mean(p), mean(t)
+    cov = window ** 3 / (window ** 3 - 1.0)
+    vx = cov * (mean(p * p) - ux * ux)
+    vy = cov * (mean(t * t) - uy * uy)
+    vxy = cov * (mean(p * t) - ux * uy)
+    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+    ssim = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    if mask is None:
+        return 1.0 - ssim.mean()
+    m = mask.float().expand_as(ssim)
+    return 1.0 - (ssim * m).sum() / m.sum().clamp_min(1.0)

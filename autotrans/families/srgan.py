@@ -61,6 +61,11 @@ DEFAULTS: dict[str, Any] = {
 ADVERSARIAL = ("bce", "relativistic")
 
 
+def pretrain_epochs(num_epochs: int, fraction: float) -> int:
+    """Content-only (SRResNet) epochs of a run: ``fraction`` of it, leaving at least one GAN epoch."""
+    return min(round(fraction * num_epochs), max(num_epochs - 1, 0))
+
+
 def load_feature_network(path: str | Path, device: torch.device) -> torch.nn.Module:
     """A frozen 3D feature extractor for the perceptual loss: TorchScript (``torch.jit.save``) or, for a ``.pt2``
     file, a ``torch.export`` program (exported for the training batch shape, or with dynamic shapes)."""
@@ -129,8 +134,18 @@ class SRGANFamily(Family):
 
     def pretrain_epochs(self) -> int:
         """Content-only epochs: ``pretrain_fraction`` of the run, leaving at least one GAN epoch."""
-        n = int(self.hparam("num_epochs", DEFAULTS["num_epochs"]))
-        return min(round(float(self.hparam("pretrain_fraction", DEFAULTS["pretrain_fraction"])) * n), max(n - 1, 0))
+        return pretrain_epochs(int(self.hparam("num_epochs", DEFAULTS["num_epochs"])),
+                               float(self.hparam("pretrain_fraction", DEFAULTS["pretrain_fraction"])))
+
+    @classmethod
+    def phases(cls, num_epochs: int, overrides: dict[str, Any] | None = None) -> dict[str, int]:
+        """SRResNet pre-training (content loss), then the GAN: a 1-epoch run has no pre-training, so SRGAN's
+        minimum is 2 epochs (at the default ``pretrain_fraction``; the plan's family section is not consulted)."""
+        fraction = float((overrides or {}).get("pretrain_fraction", DEFAULTS["pretrain_fraction"]))
+        pre = pretrain_epochs(int(num_epochs), fraction)
+        if fraction <= 0:  # pre-training switched off (-o pretrain_fraction=0): the GAN phase alone
+            return {"GAN": int(num_epochs)}
+        return {"SRResNet pre-training": pre, "GAN": int(num_epochs) - pre}
 
     @property
     def warming_up(self) -> bool:

@@ -25,7 +25,6 @@ from multiprocessing.pool import AsyncResult, Pool
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from tqdm import tqdm
 
 from autotrans.errors import ConfigurationError, DatasetError
 from autotrans.inference.cases import InputCase, check_headers, discover_inputs, load_and_preprocess
@@ -35,6 +34,7 @@ from autotrans.io import Geometry, write_image
 from autotrans.planning.plans import Plans
 from autotrans.utils.files import clean_stale_temps, load_json, save_json
 from autotrans.utils.parallel import pool_context
+from autotrans.utils.progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ def predict_folder(predictor: Predictor, in_dir: str | os.PathLike, out_dir: str
         pre_pool = _pool(stack, num_processes_preprocessing, len(todo))
         exp_pool = _pool(stack, num_processes_export, len(todo))
         pending: list[AsyncResult] = []
-        for item in tqdm(_preprocessed(tasks, pre_pool), total=len(tasks), desc="predict", unit="case"):
+        for item in progress(_preprocessed(tasks, pre_pool), total=len(tasks), desc="predict", unit="case"):
             case: InputCase = item["case"]
             if "error" in item:
                 failures.append((case.case_id, item["error"]))

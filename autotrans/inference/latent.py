@@ -134,7 +134,7 @@ def predict_latent_volume(volume: torch.Tensor, family: Any, step_size: float = 
     # (b) encode: image tiles -> latent tiles, blended
     t0 = clock(device)
     z_source = sliding_window(volume, _runner(family.encode_source, device, bf16), image_patch, step_size, blend,
-                              batch_size, pad_value, device, scale=(1 / f) if f > 1 else 1)
+                              batch_size, pad_value, device, scale=(1 / f) if f > 1 else 1, desc="encode")
     latent_shape = tuple(z_source.shape[1:])
     t1 = clock(device)
 
@@ -155,14 +155,16 @@ def predict_latent_volume(volume: torch.Tensor, family: Any, step_size: float = 
             return family.sample_latent(z, n, generator, source_image=depth_to_space(x[:, n_source + lc:], f))
         return family.sample_latent(z, n, generator)
 
+    steps = int(family.sampling_steps)
     z_target = sliding_window(stacked, _runner(sample, device, bf16), latent_patch, step_size, blend, batch_size,
-                              0.0, device, generator=generator)
+                              0.0, device, generator=generator, desc=f"sample ({steps} steps/tile)",
+                              steps_per_tile=steps)
     timings["tiles"] = count_tiles(latent_shape, latent_patch, step_size)
     t2 = clock(device)
 
     # (d) decode: latent tiles -> image tiles, Gaussian blending
     pred = sliding_window(z_target, _runner(family.decode_target, device, bf16), latent_patch, step_size,
-                          DECODE_BLEND, batch_size, 0.0, device, scale=f)
+                          DECODE_BLEND, batch_size, 0.0, device, scale=f, desc="decode")
     t3 = clock(device)
     timings.update(encode_s=t1 - t0, sample_s=t2 - t1, decode_s=t3 - t2)
 

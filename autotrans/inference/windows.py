@@ -33,6 +33,8 @@ from typing import Callable, Sequence, Union
 
 import torch
 
+from autotrans.utils.progress import progress
+
 logger = logging.getLogger(__name__)
 
 SIGMA_SCALE = 1.0 / 8.0
@@ -256,7 +258,8 @@ def _predict_batch(volume: torch.Tensor, tiles: Sequence[Tile], predict: PatchFn
 def sliding_window(volume: torch.Tensor, predict: PatchFn, patch_size: Sequence[int], step_size: float = 0.5,
                    blend: str = "gaussian", batch_size: int = 1, pad_value: float = -1.0,
                    device: torch.device | str | None = None, accumulate_device: torch.device | str | None = None,
-                   generator: torch.Generator | None = None, scale: Scale = 1) -> torch.Tensor:
+                   generator: torch.Generator | None = None, scale: Scale = 1, desc: str = "tiles",
+                   steps_per_tile: int = 1) -> torch.Tensor:
     """Predict a whole ``(C, D, H, W)`` volume with ``predict`` on tiles; returns ``(C_out, D, H, W)`` fp32.
 
     Args:
@@ -269,6 +272,8 @@ def sliding_window(volume: torch.Tensor, predict: PatchFn, patch_size: Sequence[
         scale: output size / input size per axis (a number or 3 numbers): ``1/f`` for an encoder that
             downsamples by ``f``, ``f`` for a decoder. The result is ``(C_out, *(D, H, W) * scale)``; the patch
             and the (padded) volume must scale to whole voxels (``ValueError`` otherwise). Default 1.
+        desc, steps_per_tile: the nested progress bar (``autotrans.utils.progress``: on a terminal only) counts
+            tiles x ``steps_per_tile`` (a sampler's steps), so a minutes-long latent window is not silent.
     """
     if volume.ndim != 4:
         raise ValueError(f"volume must be (C, D, H, W), got shape {tuple(volume.shape)}")
@@ -297,6 +302,8 @@ def sliding_window(volume: torch.Tensor, predict: PatchFn, patch_size: Sequence[
     weight = importance_map(out_patch, blend)
     acc: _Accumulators | None = None
     started, next_report, done = time.perf_counter(), PROGRESS_FIRST_S, 0
+    per_tile = max(1, int(steps_per_tile))
+    bar = progress(total=len(tiles) * per_tile, desc=desc, unit="step" if per_tile > 1 else "tile", leave=False)
     for batch in _batches(tiles, max(1, int(batch_size))):
         in_tiles, out_tiles = [t[0] for t in batch], [t[1] for t in batch]
         state = generator.get_state() if generator is not None else None
@@ -313,11 +320,13 @@ def sliding_window(volume: torch.Tensor, predict: PatchFn, patch_size: Sequence[
                 if state is not None:
                     generator.set_state(state)
         done += len(batch)
+        bar.update(len(batch) * per_tile)
         elapsed = time.perf_counter() - started
         if elapsed >= next_report and done < len(tiles):
             left = elapsed / done * (len(tiles) - done)
             logger.info("sliding window: %s of %s tiles after %s; about %s left for this window",
                         f"{done:,}", f"{len(tiles):,}", format_duration(elapsed), format_duration(left))
             next_report = elapsed + PROGRESS_EVERY_S
+    bar.close()
     assert acc is not None  # at least one tile always exists
     return acc.result()[(slice(None), *out_inner)]

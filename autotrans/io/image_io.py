@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import SimpleITK as sitk
 
 from autotrans.errors import AutotransError
 from autotrans.utils.files import atomic_dir_for, atomic_path
+from autotrans.utils.lazy import LazyModule
+
+sitk = LazyModule("SimpleITK")
 
 SUPPORTED_ENDINGS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
 

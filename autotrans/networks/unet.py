@@ -1,7 +1,8 @@
 """The planned U-Net as an image-to-image generator.
 
-The plan stores the generator nnU-Net style: ``network_class_name`` and ``arch_kwargs`` whose entries listed
-in ``_kw_requires_import`` are dotted import names. We build that network with one output channel and no
+The plan stores the generator nnU-Net style: ``network_class_name`` (PlainConvUNet, or ResidualEncoderUNet
+for the ResEnc planner presets) and ``arch_kwargs`` whose entries listed in ``_kw_requires_import`` are dotted
+import names. We build that network with one output channel and no
 deep supervision (translation is supervised at full resolution only).
 
 Output range: every target normalization maps to [-1, 1] and clips the target (CT window, PET SUV ceiling,
@@ -111,13 +112,23 @@ def build_planned_unet(architecture: dict[str, Any], in_channels: int, out_chann
     return PlannedGenerator(net, activation)
 
 
+def encoder_convs_per_stage(arch_kwargs: dict[str, Any]) -> list[int]:
+    """Convs along the longest path of each encoder stage: a PlainConvUNet's ``n_conv_per_stage``; a
+    ResidualEncoderUNet's two per residual block (the first one strided), plus its stem conv in stage 0."""
+    if "n_blocks_per_stage" in arch_kwargs:
+        blocks = list(arch_kwargs["n_blocks_per_stage"])
+        return [2 * b + (1 if i == 0 else 0) for i, b in enumerate(blocks)]
+    return list(arch_kwargs["n_conv_per_stage"])
+
+
 def unet_receptive_field(arch_kwargs: dict[str, Any]) -> list[int]:
-    """Per-axis receptive field (voxels) of a planned PlainConvUNet output voxel: down the encoder (each conv
-    adds ``(k - 1) * jump``, a strided conv multiplies the jump), back up the decoder (a transposed conv with
-    kernel = stride adds nothing and divides the jump, then the stage's convs add theirs)."""
+    """Per-axis receptive field (voxels) of a planned U-Net output voxel (PlainConvUNet or ResidualEncoderUNet):
+    down the encoder (each conv adds ``(k - 1) * jump``, a strided conv multiplies the jump), back up the
+    decoder (a transposed conv with kernel = stride adds nothing and divides the jump, then the stage's convs
+    add theirs). A residual block's skip path (pooling, 1x1 conv) sees less than its convs, so it adds nothing."""
     kernels = [list(k) for k in arch_kwargs["kernel_sizes"]]
     strides = [list(s) for s in arch_kwargs["strides"]]
-    n_conv = list(arch_kwargs["n_conv_per_stage"])
+    n_conv = encoder_convs_per_stage(arch_kwargs)
     n_dec = list(arch_kwargs["n_conv_per_stage_decoder"])
     rf, jump = [1, 1, 1], [1, 1, 1]
     for k, s, n in zip(kernels, strides, n_conv):

@@ -74,28 +74,53 @@ def _checked(folders: DatasetFolders) -> tuple[DatasetJson, dict[str, CaseFiles]
     return dj, splits["Tr"]
 
 
-def extract_fingerprint_step(dataset: str | int, num_processes: int = 2, clean: bool = False) -> Path:
+def extract_fingerprint_step(dataset: str | int, num_processes: int = 2, clean: bool = False,
+                             pair_check: bool = False) -> Path:
     """Integrity check + fingerprint. Skips when the training files are unchanged since the last run."""
-    return _extract_fingerprint(dataset, num_processes, clean)[0]
+    return _extract_fingerprint(dataset, num_processes, clean, pair_check)[0]
 
 
-def _extract_fingerprint(dataset: str | int, num_processes: int, clean: bool) -> tuple[Path, dict[str, str]]:
+def _pair_check(folders: DatasetFolders, fingerprint: dict[str, Any], dj: DatasetJson, cases: dict[str, CaseFiles],
+                num_processes: int, signatures: dict[str, str], clean: bool, previous: dict[str, Any] | None) -> bool:
+    """Add the ``pair_alignment`` section (cached per case by content hash) and warn about flagged pairs.
+    Returns whether the fingerprint changed."""
+    from autotrans.dataset import alignment
+
+    section = fingerprint.get("pair_alignment")
+    if section is None or section.get("method", {}).get("version") != alignment.ALIGNMENT_VERSION:
+        cached = None if clean else alignment.previous_results(folders.preprocessed, previous)
+        section = alignment.check_pairs(cases, dj, num_processes, signatures, cached)
+        fingerprint["pair_alignment"] = section
+        alignment.log_flagged(section, folders.name)
+        return True
+    alignment.log_flagged(section, folders.name)
+    return False
+
+
+def _extract_fingerprint(dataset: str | int, num_processes: int, clean: bool,
+                         pair_check: bool = False) -> tuple[Path, dict[str, str]]:
     folders = DatasetFolders(dataset)
     ensure_writable_folder(folders.preprocessed)  # a read-only output fails now, not after the fingerprint
     dj, cases = _checked(folders)
     signatures = case_signatures(cases)
     signature = _files_signature(signatures)
     fp_file = folders.fingerprint_file
+    old: dict[str, Any] = {}
     if fp_file.exists() and not clean:
         try:
-            if load_json(fp_file).get("files_signature") == signature:
-                logger.info("%s: fingerprint is up to date, not recomputed (use --clean to force)", folders.name)
-                return fp_file, signatures
+            old = load_json(fp_file)
         except ValueError:
-            pass
+            old = {}
+        if old.get("files_signature") == signature:
+            logger.info("%s: fingerprint is up to date, not recomputed (use --clean to force)", folders.name)
+            if pair_check and _pair_check(folders, old, dj, cases, num_processes, signatures, clean, None):
+                save_json(old, fp_file)
+            return fp_file, signatures
     fingerprint = extract_fingerprint(cases, dj, num_processes)  # raises before anything is written
     fingerprint["files_signature"] = signature
     fingerprint["case_signatures"] = signatures
+    if pair_check:  # after the integrity check: unreadable cases are reported by it, all together
+        _pair_check(folders, fingerprint, dj, cases, num_processes, signatures, clean, old.get("pair_alignment"))
     folders.preprocessed.mkdir(parents=True, exist_ok=True)
     save_dataset_json(dj, folders.preprocessed)
     save_json(fingerprint, fp_file)
@@ -159,8 +184,9 @@ def preprocess_step(dataset: str | int, configurations: list[str] | None = None,
 
 
 def plan_and_preprocess(dataset: str | int, configurations: list[str] | None = None, num_processes: int = 2,
-                        options: PlannerOptions = PlannerOptions(), no_pp: bool = False, clean: bool = False) -> None:
-    _, signatures = _extract_fingerprint(dataset, num_processes, clean)
+                        options: PlannerOptions = PlannerOptions(), no_pp: bool = False, clean: bool = False,
+                        pair_check: bool = True) -> None:
+    _, signatures = _extract_fingerprint(dataset, num_processes, clean, pair_check)
     plan_step(dataset, options)
     if not no_pp:
         preprocess_step(dataset, configurations, num_processes, options.plans_name, _signatures=signatures)

@@ -19,6 +19,12 @@ The rule (documentation/planning.md, "Fair sizing"):
 
 Each section records ``batch_size``, ``parameters`` (per network), ``receptive_field`` (voxels per axis, or
 ``"global"``), ``activation_bytes_per_sample`` and ``estimated_memory_gb``; ``summary_table`` prints them.
+
+A planner preset (``-pl ResEncL``) changes only step 1's network and reference: the families that use the
+planned U-Net (``generator: planned_unet``; ``generator_network`` names the class) get the ResidualEncoderUNet, the
+budget is that network's bytes at nnU-Net's ResEnc reference, and the families with their own generators keep
+them, matched by the same capacity rule to the (larger) U-Net. The preset's dataset cap (nnU-Net's ResEnc
+planners let one batch cover the whole dataset) applies to every family alike. ``budget`` records the preset.
 """
 from __future__ import annotations
 
@@ -188,10 +194,13 @@ def plan_latent_architecture(patch_size: list[int], downsampling_factor: int = 4
 class _Sizer:
     """The budget of one configuration and the helpers that turn a family's step into its plan entries."""
 
-    def __init__(self, cfg: dict[str, Any], n_in: int, n_out: int, n_voxels_dataset: float, gb: float) -> None:
+    def __init__(self, cfg: dict[str, Any], n_in: int, n_out: int, n_voxels_dataset: float, gb: float,
+                 max_dataset_covered: float = 0.05) -> None:
         self.patch = [int(p) for p in cfg["patch_size"]]
         self.arch = cfg["architecture"]
         self.n_in, self.n_out, self.gb, self.n_voxels = n_in, n_out, gb, n_voxels_dataset
+        self.max_dataset_covered = max_dataset_covered
+        self.unet_class = str(self.arch["network_class_name"]).rsplit(".", 1)[-1]
         self.unet = on_meta(lambda: build_planned_unet(self.arch, n_in, n_out))
         self.unet_params = parameters(self.unet)
         self.unet_step = step_bytes([[self.pass_(self.unet, n_in)]])
@@ -211,7 +220,8 @@ class _Sizer:
         step = step_bytes(phases)
         extra = extra_parameter_gb(sum(params.values()) - frozen, frozen, self.unet_params)
         budget = self.budget * max(1.0 - extra / self.gb, 0.0)
-        bs = batch_size(step, budget, self.n_voxels, patch or self.patch)
+        bs = batch_size(step, budget, self.n_voxels, patch or self.patch,
+                        max_dataset_covered=self.max_dataset_covered)
         gb = estimated_gb(step, bs, self.budget, self.gb, extra)
         if gb > self.gb * 1.05:
             logger.warning("%s: one training sample needs an estimated %.2f GB, above the %.3g GB GPU memory target",
@@ -225,9 +235,12 @@ def _timesteps(x: torch.Tensor) -> torch.Tensor:
 
 
 def plan_gan_families(s: _Sizer) -> dict[str, Any]:
-    """Pix2Pix, CycleGAN and SRGAN sections."""
+    """Regression, Pix2Pix, CycleGAN and SRGAN sections."""
     n_in, n_out, patch = s.n_in, s.n_out, s.patch
     out: dict[str, Any] = {}
+    # regression: the planned U-Net alone, one pass kept for backward (nnU-Net's own step, so nnU-Net's batch)
+    out["regression"] = {"generator": "planned_unet", **s.entries(
+        "regression", [[s.pass_(s.unet, n_in)]], {"generator": s.unet_params}, {"generator": s.unet_rf})}
     d_cond = plan_patchgan(patch, in_channels=n_in + n_out)
     d = on_meta(lambda: build_patchgan(d_cond))
     # the generator's graph stays alive through the D step (real and fake: 2 samples) and the G step (D frozen)
@@ -335,19 +348,24 @@ def plan_latent_families(s: _Sizer) -> dict[str, Any]:
 
 
 def plan_families(cfg: dict[str, Any], n_in: int, n_out: int, n_voxels_dataset: float,
-                  gpu_memory_target_gb: float) -> dict[str, Any]:
+                  gpu_memory_target_gb: float, max_dataset_covered: float = 0.05,
+                  preset: str = "default") -> dict[str, Any]:
     """All family sections for one configuration (``cfg`` holds the planned patch, architecture and reference)."""
-    s = _Sizer(cfg, n_in, n_out, n_voxels_dataset, gpu_memory_target_gb)
+    s = _Sizer(cfg, n_in, n_out, n_voxels_dataset, gpu_memory_target_gb, max_dataset_covered)
     out = {"budget": {"activation_bytes": int(s.budget), "unet_activation_bytes_per_sample": int(s.unet_step),
                       "unet_parameters": s.unet_params, "unet_receptive_field": s.unet_rf,
-                      "gpu_memory_target_gb": gpu_memory_target_gb}}
+                      "gpu_memory_target_gb": gpu_memory_target_gb, "planner_preset": preset,
+                      "unet_network": s.unet_class, "max_dataset_covered": max_dataset_covered}}
     out.update(plan_gan_families(s))
     out.update(plan_latent_families(s))
+    for sec in out.values():  # what each U-Net-generator family got: the preset's class
+        if isinstance(sec, dict) and sec.get("generator") == "planned_unet":
+            sec["generator_network"] = s.unet_class
     return out
 
 
-FAMILY_ORDER = ("pix2pix", "cyclegan", "srgan", "autoencoder", "ldm", "ldm_prior", "ldm_controlnet", "bbdm",
-                "flow_matching")
+FAMILY_ORDER = ("regression", "pix2pix", "cyclegan", "srgan", "autoencoder", "ldm", "ldm_prior", "ldm_controlnet",
+                "bbdm", "flow_matching")
 
 
 def summary_rows(families: dict[str, Any]) -> list[list[str]]:

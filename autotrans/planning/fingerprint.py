@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from autotrans.dataset.format import CaseFiles, DatasetJson
 from autotrans.dataset.integrity import load_case
 from autotrans.errors import DatasetError
 from autotrans.utils.parallel import pool_context
+from autotrans.utils.progress import progress
 from autotrans.preprocessing.cropping import crop_region
 
 logger = logging.getLogger(__name__)
@@ -104,10 +104,10 @@ def extract_fingerprint(cases: dict[str, CaseFiles], dj: DatasetJson, num_proces
     results: list[tuple[dict[str, Any] | None, list[tuple[str, str]]]] = []
     if num_processes > 1 and len(items) > 1:
         with pool_context().Pool(min(num_processes, len(items))) as pool:
-            for r in tqdm(pool.imap(_worker, items), total=len(items), desc="fingerprint", unit="case"):
+            for r in progress(pool.imap(_worker, items), total=len(items), desc="fingerprint", unit="case"):
                 results.append(r)
     else:
-        for it in tqdm(items, desc="fingerprint", unit="case"):
+        for it in progress(items, desc="fingerprint", unit="case"):
             results.append(_worker(it))
     problems = [p for _, probs in results for p in probs]
     if problems:

@@ -12,7 +12,9 @@ and inference give a case the same source parameters.
 from __future__ import annotations
 
 import numpy as np
-from scipy.ndimage import binary_fill_holes
+from autotrans.utils.lazy import LazyModule
+
+ndimage = LazyModule("scipy.ndimage")
 
 CT_BODY_THRESHOLD_HU = -500.0
 
@@ -25,7 +27,7 @@ def nonbackground_mask(source: np.ndarray, modalities: list[str] | tuple[str, ..
     fg = np.zeros(source.shape[1:], dtype=bool)
     for ch, modality in zip(source, modalities):
         fg |= (ch > ct_threshold) if modality in ("CT", "CBCT") else (ch != 0)
-    return binary_fill_holes(fg)
+    return ndimage.binary_fill_holes(fg)
 
 
 def bbox_of(mask: np.ndarray) -> list[list[int]]:

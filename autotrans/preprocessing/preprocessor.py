@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 from scipy.ndimage import label as cc_label
-from tqdm import tqdm
 
 from autotrans.dataset.format import CaseFiles, DatasetJson
 from autotrans.dataset.integrity import CaseArrays, load_case
@@ -31,6 +30,7 @@ from autotrans.preprocessing.normalization import Normalization
 from autotrans.preprocessing.resampling import resample_channels, resample_volume
 from autotrans.preprocessing import store
 from autotrans.utils.files import clean_stale_temps, load_json
+from autotrans.utils.progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -253,10 +253,10 @@ def preprocess_dataset(cases: dict[str, CaseFiles], dj: DatasetJson, plans: Plan
     try:
         if num_processes > 1 and len(items) > 1:
             with pool_context().Pool(min(num_processes, len(items))) as pool:
-                for r in tqdm(pool.imap_unordered(_preprocess_one, items), total=len(items), desc=desc, unit="case"):
+                for r in progress(pool.imap_unordered(_preprocess_one, items), total=len(items), desc=desc, unit="case"):
                     collect(r)
         else:
-            for it in tqdm(items, desc=desc, unit="case"):
+            for it in progress(items, desc=desc, unit="case"):
                 collect(_preprocess_one(it))
     except BaseException:
         # a worker's error (a full disk) ends the pool: the other workers' unfinished temporaries go too, the

@@ -26,10 +26,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from tqdm import tqdm
 
 from autotrans.errors import ConfigurationError
 from autotrans.schedulers._common import check_steps, expand_to
+from autotrans.utils.progress import progress as progress_bar
 
 
 @dataclass(frozen=True)
@@ -191,7 +191,7 @@ class BrownianBridgeSchedule:
             steps: network evaluations, 1..T (BBDM: 200 in the paper, 50 here by default).
             eta: noise scale of each posterior step; 0 is deterministic.
             generator: source of the per-step noise when eta > 0 (on ``y``'s device).
-            progress: show a tqdm bar.
+            progress: show a progress bar (nested: only on a terminal).
 
         Returns:
             The predicted target latent, same shape as ``y``.
@@ -202,7 +202,7 @@ class BrownianBridgeSchedule:
         n = y.shape[0]
         x = y
         x0_hat = y
-        for i, t in enumerate(tqdm(ts, desc="bridge", unit="step", disable=not progress)):
+        for i, t in enumerate(progress_bar(ts, desc="bridge", unit="step", disable=not progress, leave=False)):
             t_batch = torch.full((n,), t, device=y.device, dtype=torch.long)
             t_next = ts[i + 1] if i + 1 < len(ts) else 0
             x, x0_hat = self.step(model(x, t_batch), t, x, y, t_next, eta=eta, generator=generator)

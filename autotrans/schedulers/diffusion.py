@@ -18,10 +18,10 @@ from dataclasses import dataclass
 
 import torch
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, NoiseSchedules
-from tqdm import tqdm
 
 from autotrans.errors import ConfigurationError
 from autotrans.schedulers._common import check_steps
+from autotrans.utils.progress import progress as progress_bar
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
@@ -136,7 +136,7 @@ class DiffusionSchedule:
             steps: number of network evaluations, 1..T.
             eta: 0 gives deterministic DDIM; 1 gives DDPM-like ancestral noise.
             generator: source of the per-step noise when ``eta > 0`` (on ``noise``'s device).
-            progress: show a tqdm bar.
+            progress: show a progress bar (nested: only on a terminal).
 
         Returns:
             The final sample x_0, same shape as ``noise``.
@@ -148,7 +148,7 @@ class DiffusionSchedule:
         scheduler.set_timesteps(steps, device=noise.device)
         x = noise
         n = noise.shape[0]
-        for t in tqdm(scheduler.timesteps, desc="ddim", unit="step", disable=not progress):
+        for t in progress_bar(scheduler.timesteps, desc="ddim", unit="step", disable=not progress, leave=False):
             t_batch = torch.full((n,), int(t), device=noise.device, dtype=torch.long)
             x, _ = scheduler.step(model(x, t_batch), int(t), x, eta=eta, generator=generator)
         return x

@@ -19,10 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from tqdm import tqdm
 
 from autotrans.errors import ConfigurationError
 from autotrans.schedulers._common import check_steps, expand_to
+from autotrans.utils.progress import progress as progress_bar
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ class FlowMatchingSchedule:
                 Conditioning on the source (when ``x_start`` is noise) is closed over by the caller.
             x_start: the start point, the source latent or seeded noise, ``(N, ...)``.
             steps: number of Euler steps (network evaluations), >= 0; 0 returns (a copy of) ``x_start``.
-            progress: show a tqdm bar.
+            progress: show a progress bar (nested: only on a terminal).
 
         Returns:
             The sample at t = 1, same shape as ``x_start``.
@@ -107,7 +107,7 @@ class FlowMatchingSchedule:
         grid = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64).tolist()
         n = x_start.shape[0]
         x = x_start.clone()
-        for k in tqdm(range(steps), desc="flow", unit="step", disable=not progress):
+        for k in progress_bar(range(steps), desc="flow", unit="step", disable=not progress, leave=False):
             t_batch = torch.full((n,), grid[k], device=x_start.device, dtype=torch.float32)
             velocity = model(x, self.model_timesteps(t_batch))
             x = x + (grid[k + 1] - grid[k]) * velocity

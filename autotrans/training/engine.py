@@ -16,18 +16,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from autotrans.families.base import Family, get_family
 from autotrans.planning.planner import plans_hash
-from autotrans.results import save_checkpoint
+from autotrans.results import link_checkpoint, save_checkpoint
 from autotrans.training import distributed as ddp
 from autotrans.training.checkpoints import BEST, FINAL, LATEST, load_pretrained, rng_state, set_rng_state
 from autotrans.training.data import FoldData, ValidationBatches, make_train_augmenter
 from autotrans.training.progress import (EPOCH_TIME, TRAIN_TIME, VAL_MAE, VAL_MAE_EMA, VAL_PSNR, VAL_TIME, History,
                                          plot_progress, summarize_epoch)
 from autotrans.training.settings import EMA_MOMENTUM, TrainSettings, mixed_precision
-from autotrans.training.validation import physical_patch_errors
+from autotrans.training.validation import physical_patch_errors, validation_unit
+from autotrans.utils.progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ class Trainer:
         self.ema: float | None = None
         self.best_ema = math.inf
         self.seed = int(settings.seed)
+        self.val_unit = validation_unit(fold.plans.target_normalization)
         self.overrides = {**settings.overrides, "num_epochs": settings.num_epochs}
         if resume is not None:
             if resume["loader"]["seed"] != self.seed:
@@ -59,6 +60,8 @@ class Trainer:
         self.family = self._build_family(resume)
         self.batch_size = ddp.rank_batch_size(settings.batch_size, rank, world)
         self.mirror_axes = settings.augmentation.mirror_axes
+        #: (epochs done, file) of this process's last checkpoint write: a second name for the same state links to it
+        self.last_saved: tuple[int, Path] | None = None
 
     # --- setup ---------------------------------------------------------------------------------
     def _build_family(self, resume: dict[str, Any] | None) -> Family:
@@ -80,6 +83,13 @@ class Trainer:
             self.start_epoch = int(resume["epoch"])
             self.history = History(resume["history"])
             self.ema, self.best_ema = resume["ema"], resume["best_ema"]
+            # checkpoints before the MR validation scale was unified hold raw-MR-unit EMAs: not comparable
+            earlier_unit = resume.get("val_unit", "raw MR intensity" if self.fold.plans.target_normalization.per_case
+                                      else self.val_unit)
+            if earlier_unit != self.val_unit and self.ema is not None:
+                logger.warning("the checkpoint's validation MAE is in %s, this run's in %s: the EMA that picks %s "
+                               "starts afresh", earlier_unit, self.val_unit, BEST)
+                self.ema, self.best_ema = None, math.inf
             per_rank = resume.get("rng_per_rank") or [resume["rng"]]
             set_rng_state(per_rank[self.rank] if self.rank < len(per_rank) else resume["rng"])
         if self.device.type == "cuda":
@@ -105,19 +115,37 @@ class Trainer:
             "train_state": f.train_state_dict(), "scaler": f.scaler.state_dict() if f.scaler else None,
             "epoch": epochs_done, "rng": rng_state(),
             "loader": {"seed": self.seed, "next_batch": epochs_done * int(self.s.iterations)},
-            "history": self.history.to_dict(), "ema": self.ema, "best_ema": self.best_ema,
+            "history": self.history.to_dict(), "ema": self.ema, "best_ema": self.best_ema, "val_unit": self.val_unit,
             "init_args": {"settings": self.s.to_dict(), "world_size": self.world, "fold": self.fold.fold,
                           "plans_name": self.s.plans_name, "dataset": self.fold.folders.name},
             "engine_version": ENGINE_VERSION,
         }
 
     def save(self, name: str, epochs_done: int) -> None:
-        """Called on every rank (RNG states are gathered so each rank resumes its own stream); rank 0 writes."""
+        """Called on every rank (RNG states are gathered so each rank resumes its own stream); rank 0 writes.
+
+        A checkpoint of the same epoch as the one just written (best at the last epoch, then final; latest and
+        best of one epoch) holds the same state: it becomes a hard link to that file, not a second copy
+        (``link_checkpoint``: atomic, a copy where hard links are unsupported). The decision is the same on
+        every rank, so the collective gather is skipped on all of them alike."""
+        path = self.fold_dir / name
+        if self.last_saved is not None and self.last_saved[0] == epochs_done and self.last_saved[1] != path:
+            if not self.is_main:
+                return
+            source = self.last_saved[1]
+            if source.is_file():
+                how = link_checkpoint(source, path)
+                logger.info("%s: same weights as %s (epoch %d), %s", name, source.name, epochs_done,
+                            "hard-linked (no second copy on disk)" if how == "link" else "copied (no hard links here)")
+            else:  # removed meanwhile by someone else: write it in full (this rank's RNG state only)
+                save_checkpoint(self.checkpoint_state(epochs_done), path)
+            return
         per_rank = ddp.gather_objects(rng_state(), self.world)
         if self.is_main:
             state = self.checkpoint_state(epochs_done)
             state["rng_per_rank"] = per_rank
-            save_checkpoint(state, self.fold_dir / name)
+            save_checkpoint(state, path)
+        self.last_saved = (epochs_done, path)
 
     # --- the loop ------------------------------------------------------------------------------
     def fit(self) -> None:
@@ -156,7 +184,7 @@ class Trainer:
             net.train()
         sums: dict[str, float] = defaultdict(float)
         iterations = int(self.s.iterations)
-        for it in tqdm(range(iterations), desc=f"epoch {epoch}", unit="it", disable=not self.is_main, leave=False):
+        for it in progress(range(iterations), desc=f"epoch {epoch}", unit="it", disable=not self.is_main, leave=False):
             batch = self.to_device(next(stream))
             out = self.family.train_step(batch, epoch * iterations + it)
             for k, v in out.items():
@@ -176,7 +204,8 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self, val: ValidationBatches) -> dict[str, float]:
-        """MAE/PSNR in physical units on the fixed validation patches (every rank, same weights, same result)."""
+        """MAE/PSNR on the fixed validation patches in the final validation's unit (``self.val_unit``: HU, SUV or
+        the normalized MR scale); every rank, same weights, same result."""
         if not val.enabled:
             return {}
         self.family.eval()
@@ -185,7 +214,7 @@ class Trainer:
         extra: dict[str, list[float]] = defaultdict(list)
         own_step = type(self.family).validation_step is not Family.validation_step
         limit = self.family.validation_prediction_limit()
-        for n, raw in enumerate(tqdm(val, total=val.iterations, desc="validation", unit="batch",
+        for n, raw in enumerate(progress(val, total=val.iterations, desc="validation", unit="batch",
                                      disable=not self.is_main, leave=False)):
             batch = self.to_device(raw)
             if limit is None or n < limit:
@@ -217,12 +246,12 @@ class Trainer:
         self.history.record(epoch, values)
         done = epoch + 1
         if self.is_main:
-            logger.info(summarize_epoch(epoch, values))
+            logger.info(summarize_epoch(epoch, values, self.val_unit))
         if improved:  # the same decision on every rank: validation is identical there
             if self.is_main:
-                logger.info("new best EMA validation MAE %.4g: writing %s", self.best_ema, BEST)
+                logger.info("new best EMA validation MAE %.4g (%s): writing %s", self.best_ema, self.val_unit, BEST)
             self.save(BEST, done)
         if done % max(int(self.s.save_every), 1) == 0 and done < int(self.s.num_epochs):
             self.save(LATEST, done)
         if self.is_main:
-            plot_progress(self.history, self.fold_dir / "progress.png")
+            plot_progress(self.history, self.fold_dir / "progress.png", self.val_unit)

@@ -69,40 +69,54 @@ def add_log_file(path: Path) -> logging.Handler:
     return handler
 
 
-def plot_progress(history: History, path: Path) -> None:
-    """Four panels: training losses (G/D and others), validation MAE/EMA/PSNR, learning rates, epoch time."""
+def plot_progress(history: History, path: Path, unit: str = "physical units") -> None:
+    """Four panels: training losses (G/D and others), validation MAE (in ``unit``)/EMA/PSNR, learning rates,
+    epoch time.
+
+    Every series is drawn with point markers, so a run of one epoch (a line needs two points) still shows its
+    values instead of four empty panels; the title then says "1 epoch"."""
     if not history.epochs:
         return
     x = history.epochs
+    n = len(x)
+    marker = "o" if n < 30 else None  # markers on short runs (one epoch: the only thing drawn); plain lines after
+
+    def plot(ax: Any, key: str, style: str = "-", **kw: Any) -> None:
+        ax.plot(x, history.data[key], style, marker=marker, markersize=4, **kw)
+
     fig, axes = plt.subplots(4, 1, figsize=(10, 16))
+    fig.suptitle(f"{n} epoch{'s' if n != 1 else ''} (epochs {x[0]}-{x[-1]})" if n > 1 else f"1 epoch (epoch {x[0]})")
     ax = axes[0]
     for key in sorted(k for k in history.data if k.startswith("train/")):
-        ax.plot(x, history.data[key], label=key[len("train/"):])
+        plot(ax, key, label=key[len("train/"):])
     ax.set_ylabel("training loss")
     _legend(ax, "upper right")
     ax = axes[1]
     for key, style in ((VAL_MAE, "-"), (VAL_MAE_EMA, "--")):
         if key in history.data:
-            ax.plot(x, history.data[key], style, label=key)
-    ax.set_ylabel("validation MAE (physical units)")
+            plot(ax, key, style, label=key)
+    ax.set_ylabel(f"validation MAE ({unit})")
     _legend(ax, "upper left")
     if VAL_PSNR in history.data:
         twin = ax.twinx()
-        twin.plot(x, history.data[VAL_PSNR], ":", color="tab:green", label="val/psnr")
+        plot(twin, VAL_PSNR, ":", color="tab:green", label="val/psnr")
         twin.set_ylabel("validation PSNR (dB)")
         twin.legend(loc="upper right", fontsize="small")
     ax = axes[2]
     for key in sorted(k for k in history.data if k.startswith("lr/")):
-        ax.plot(x, history.data[key], label=key)
+        plot(ax, key, label=key)
     ax.set_ylabel("learning rate")
     _legend(ax, "upper right")
     ax = axes[3]
     for key, label in ((EPOCH_TIME, "epoch"), (TRAIN_TIME, "training"), (VAL_TIME, "validation")):
         if key in history.data:
-            ax.plot(x, history.data[key], label=label)
+            plot(ax, key, label=label)
     ax.set_ylabel("time (s)")
     _legend(ax, "upper right")
-    ax.set_xlabel("epoch")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        if n == 1:  # one point: matplotlib would centre it in a zero-width range; give the axis a visible span
+            ax.set_xlim(x[0] - 1, x[0] + 1)
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=80)
@@ -114,6 +128,17 @@ def _legend(ax: Any, loc: str) -> None:
         ax.legend(loc=loc, fontsize="small")
 
 
-def summarize_epoch(epoch: int, values: dict[str, Any]) -> str:
-    shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(values.items()) if isinstance(v, float) and not math.isnan(v))
-    return f"epoch {epoch}: {shown}"
+def summarize_epoch(epoch: int, values: dict[str, Any], unit: str = "physical units") -> str:
+    """The epoch's log line; the validation MAE first and with its unit (``val MAE 0.41 (normalized MR scale)``),
+    so it is never read against numbers of another scale."""
+    head = []
+    if isinstance(values.get(VAL_MAE), float) and not math.isnan(values[VAL_MAE]):
+        head.append(f"val MAE {values[VAL_MAE]:.4g} ({unit})")
+        if isinstance(values.get(VAL_MAE_EMA), float):
+            head.append(f"EMA {values[VAL_MAE_EMA]:.4g}")
+        if isinstance(values.get(VAL_PSNR), float) and not math.isnan(values[VAL_PSNR]):
+            head.append(f"PSNR {values[VAL_PSNR]:.4g} dB")
+    skip = {VAL_MAE, VAL_MAE_EMA, VAL_PSNR} if head else set()
+    shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(values.items())
+                      if k not in skip and isinstance(v, float) and not math.isnan(v))
+    return f"epoch {epoch}: " + "; ".join(part for part in (", ".join(head), shown) if part)

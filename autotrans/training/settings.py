@@ -16,6 +16,7 @@ import torch
 from autotrans.errors import ConfigurationError
 from autotrans.planning.plans import Configuration, Plans
 from autotrans.training.augment import AugmentationSettings
+from autotrans.utils.devices import check_device  # noqa: F401  (re-exported: training and the grid check here)
 
 #: engine defaults where the plan has no ``training`` section (nnU-Net's schedule)
 DEFAULT_EPOCHS = 1000
@@ -200,25 +201,6 @@ def resolve(settings: TrainSettings, plans: Plans, cfg: Configuration) -> TrainS
         seed=int(seed),
         num_workers=int(workers),
     )
-
-
-def check_device(device: str, num_gpus: int) -> torch.device:
-    """Refuse devices this machine lacks before anything is written."""
-    if device not in ("cpu", "cuda", "mps"):
-        raise ConfigurationError(f"device {device!r}: use cpu, cuda or mps")
-    if num_gpus < 1:
-        raise ConfigurationError(f"-num_gpus {num_gpus}: must be >= 1")
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigurationError("-device cuda: no CUDA device is available on this machine (use -device cpu)")
-        if num_gpus > torch.cuda.device_count():
-            raise ConfigurationError(f"-num_gpus {num_gpus}: only {torch.cuda.device_count()} CUDA device(s) available")
-    if device == "mps":
-        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise ConfigurationError("-device mps: Apple MPS is not available on this machine")
-        if num_gpus > 1:
-            raise ConfigurationError("-num_gpus > 1 is not supported on mps")
-    return torch.device(device)
 
 
 def mixed_precision(device: torch.device) -> tuple[torch.dtype | None, bool]:

@@ -1,9 +1,11 @@
 """Validation: per-epoch patch metrics in physical units, and the final whole-volume validation.
 
-Per epoch, the fixed validation patches are predicted and both prediction and reference are mapped back to
-physical units with the target normalization's inverse (MR with each case's own parameters), so the
-EMA that picks ``checkpoint_best.pth`` is in HU / SUV / raw MR intensity (MR: the case's own scanner units;
-PSNR, being a ratio, then equals PSNR in the per-case output scale with peak 2, as the final validation).
+Per epoch, the fixed validation patches are predicted and both prediction and reference are mapped to the
+scale the final validation, ``autotrans_predict`` and the benchmark report score in (``validation_scale``):
+HU and SUV through the target normalization's inverse; MR in the plan's per-case output scale (each case's
+p0.5 -> -1, p99.5 -> +1, "normalized MR scale"), never raw scanner units, so the numbers in the training log,
+progress.png, summary.json and the report are one scale for one model. The EMA that picks
+``checkpoint_best.pth`` is in that unit (``validation_unit`` names it in every log line and plot).
 
 The final validation runs the inference code itself (``autotrans.inference``: checkpoint loading from the
 results folder, sliding windows, mirror TTA, ``export_prediction``), so its numbers are exactly what
@@ -18,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from autotrans.dataset.format import discover_cases, load_dataset_json
 from autotrans.dataset.integrity import load_case
@@ -30,20 +31,36 @@ from autotrans.planning.plans import Plans
 from autotrans.preprocessing.normalization import Normalization
 from autotrans.preprocessing.store import PreprocessedCase
 from autotrans.utils.files import save_json
+from autotrans.utils.progress import progress
 
 logger = logging.getLogger(__name__)
 
 SUMMARY_METRICS = ("mae", "psnr", "ssim")
 
 
+#: the short name of the MR per-case output scale (the report's "normalized MR scale"; predictions are written in it)
+MR_SCALE = "normalized MR scale"
+
+
+def validation_unit(norm: Normalization) -> str:
+    """The unit per-epoch and final validation numbers are in: ``HU``, ``SUV`` or ``normalized MR scale``
+    (short, for log lines and axis labels; the plan's ``target_output_scale`` has the long form)."""
+    return MR_SCALE if norm.per_case else (norm.unit or "physical units")
+
+
+def _to_validation_scale(norm: Normalization, y: np.ndarray, case_params: dict[str, float] | None) -> np.ndarray:
+    """Network space -> the validation scale: the per-case output scale for MR, physical units otherwise."""
+    return norm.to_output_scale(y) if norm.per_case else norm.inverse(y, case_params)
+
+
 def physical_patch_errors(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, norm: Normalization,
                           params: list[dict[str, float]]) -> list[tuple[float, float]]:
-    """(masked MAE, PSNR) per sample, both in physical units (MR: raw intensity, inverted with the case's own
-    parameters); samples with an empty mask are skipped.
+    """(masked MAE, PSNR) per sample in the final validation's scale (``validation_unit``: HU, SUV, or MR's
+    per-case output scale); samples with an empty mask are skipped.
 
-    PSNR's peak is the physical span of the output scale's [-1, 1], the range the final validation's
-    autotrans standard uses (``evaluation_range``): the HU window, [0, SUV ceiling], and for MR the case's
-    p0.5..p99.5 span (not the wider span of the network's [-1, 1], which includes the planned headroom).
+    PSNR's peak is the span of the output scale's [-1, 1] in that unit, the range the final validation's
+    autotrans standard uses (``evaluation_range``): the HU window, [0, SUV ceiling], and for MR 2 (the case's
+    p0.5..p99.5; not the wider span of the network's [-1, 1], which includes the planned headroom).
     """
     p = pred.detach().float().cpu().numpy()
     t = target.detach().float().cpu().numpy()
@@ -53,11 +70,11 @@ def physical_patch_errors(pred: torch.Tensor, target: torch.Tensor, mask: torch.
         if not m[i].any():
             continue
         case_params = params[i] or None
-        pi, ti = norm.inverse(p[i], case_params), norm.inverse(t[i], case_params)
+        pi, ti = _to_validation_scale(norm, p[i], case_params), _to_validation_scale(norm, t[i], case_params)
         diff = (pi[m[i]].astype(np.float64) - ti[m[i]])
         mae, mse = float(np.abs(diff).mean()), float((diff ** 2).mean())
         ends = norm.from_output_scale(np.array([-1.0, 1.0], dtype=np.float32))
-        span = float(np.ptp(norm.inverse(ends, case_params)))
+        span = float(np.ptp(_to_validation_scale(norm, ends, case_params)))
         psnr = float("inf") if mse == 0 else 10 * math.log10(span ** 2 / mse)
         out.append((mae, psnr))
     return out
@@ -93,7 +110,7 @@ def final_validation(spec: ModelSpec, fold: str, checkpoint: str, data_dir: Path
     value_range = evaluation_range(plans)
     logger.info("final validation on %d case(s) with %s (whole volumes, %s): predictions and summary.json in %s",
                 len(val_cases), checkpoint, "mirror TTA" if tta else "no TTA", out_dir)
-    for case_id in tqdm(val_cases, desc="final validation", unit="case"):
+    for case_id in progress(val_cases, desc="final validation", unit="case"):
         case = PreprocessedCase(data_dir, case_id)
         if not (case.properties.get("has_source", True) and case.properties.get("has_target", True)):
             logger.info("%s: no paired source/target, not validated", case_id)
@@ -116,8 +133,8 @@ def final_validation(spec: ModelSpec, fold: str, checkpoint: str, data_dir: Path
                "mean": mean, "cases": per_case}
     save_json(summary, out_dir / "summary.json")
     if mean:
-        logger.info("final validation (%d case(s), %s): %s", len(per_case), summary["unit"],
-                    ", ".join(f"{k}={v:.4g}" for k, v in mean.items()))
+        logger.info("final validation (%d case(s); MAE in %s, PSNR in dB): %s", len(per_case),
+                    validation_unit(plans.target_normalization), ", ".join(f"{k}={v:.4g}" for k, v in mean.items()))
     else:
         logger.warning("final validation: no validation case has both source and target; summary.json has no scores")
     return summary

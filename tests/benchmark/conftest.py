@@ -1,5 +1,6 @@
 """A tiny benchmark grid, run once per session: the real demo brains planned at 4 mm (the training tests'
-tiny plan), pix2pix on folds 0 and 1 for 2 iterations. Tests copy the finished output into their own roots.
+tiny plan), pix2pix and regression on folds 0 and 1 for 2 iterations, and the two reference baselines (identity,
+intensity_map; no training). Tests copy the finished output into their own roots.
 """
 from __future__ import annotations
 
@@ -18,7 +19,10 @@ ROOTS = ("autotrans_raw", "autotrans_preprocessed", "autotrans_results")
 NAME = "Dataset021_DemoT2toFLAIR"
 
 
-def grid_args(folds: tuple[str, ...] = ("0", "1"), models: tuple[str, ...] = ("pix2pix",)) -> list[str]:
+GRID_MODELS = ("pix2pix", "regression", "identity", "intensity_map")
+
+
+def grid_args(folds: tuple[str, ...] = ("0", "1"), models: tuple[str, ...] = GRID_MODELS) -> list[str]:
     return ["-d", "21", "-m", *models, "-f", *folds, *BUDGET, *TINY_PLAN]
 
 

@@ -1,5 +1,5 @@
-"""``autotrans_demo`` end to end on the bundled data (one model; all seven in the slow test), and its report in
-headless Chromium: no console errors, every image loaded, a non-blank screenshot.
+"""``autotrans_demo`` end to end on the bundled data (one model; all eight and the baselines in the slow test), and
+its report in headless Chromium: no console errors, every image loaded, a non-blank screenshot.
 
 The browser test needs Debian's chromium and chromium-driver (installed by .ci/run) and selenium; it skips
 where they are missing, except under CI (``CI`` set), where a missing browser is a failure.
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autotrans.benchmark.demo import DEMO_MODELS, budget_schedule
+from autotrans.benchmark.demo import DEMO_BASELINES, DEMO_MODELS, budget_schedule
 from autotrans.cli.demo import main as demo_main
 from tests.benchmark.test_report import check_png
 
@@ -119,7 +119,7 @@ def test_report_in_headless_chromium(demo_run: tuple[Path, Path, str], tmp_path:
 
 
 @pytest.mark.slow
-def test_demo_all_seven_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+def test_demo_all_eight_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     """Every model of the demo, on the T2 -> FLAIR brains, with the smallest budget."""
     for var in ROOTS:
         monkeypatch.setenv(var, str(tmp_path / var))
@@ -128,6 +128,8 @@ def test_demo_all_seven_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
     md = report.with_name("report.md").read_text()
     for m in DEMO_MODELS:
         assert f"| {m} | 1 |" in md, m  # a metric row with its one held-out case
+    for m in DEMO_BASELINES:
+        assert f"| *{m} (baseline)* | 1 |" in md, m  # reference rows, marked
     assert "Friedman" not in md and "Not computed" in md  # one held-out case: no statistics, said so
     from autotrans.utils.files import load_json
 
@@ -136,5 +138,5 @@ def test_demo_all_seven_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
     assert len(latent) == 4 and all(t["training"]["stages"]["autoencoder"]["epochs"] == 1 for t in latent)
     controlnet = next(t for t in tasks if t["model"] == "ldm_controlnet")
     assert controlnet["training"]["stages"]["ldm_prior"]["epochs"] == 1  # its prior: a shared stage, same budget
-    assert all(t["training"]["validation_hours"] is not None for t in tasks)  # training hours exclude validation
+    assert all(t["training"]["validation_hours"] is not None for t in tasks if not t.get("baseline"))  # training hours exclude validation
     assert "| ldm_controlnet |" in md and "shared stages h" in md and "estimated memory (GB)" in md

@@ -75,7 +75,8 @@ def test_emit_slurm_writes_jobs_and_runs_nothing(roots: dict[str, Path], tmp_pat
     from autotrans.families.base import available_families
 
     install_demo_copy(roots["autotrans_raw"], "Dataset901_DemoT2toFLAIR", 21)
-    models = ["pix2pix", "cyclegan"] + (["ldm", "ldm_controlnet"] if "ldm" in available_families() else [])
+    models = ["pix2pix", "cyclegan", "intensity_map"]
+    models += ["ldm", "ldm_controlnet"] if "ldm" in available_families() else []
     out = tmp_path / "slurm"
     assert benchmark_main(["-d", "21", "-m", *models, "-f", "0", "2", *BUDGET, *TINY_PLAN, "--emit_slurm", str(out)]) == 0
     tasks = (out / "tasks.txt").read_text().splitlines()
@@ -111,6 +112,7 @@ def test_emit_slurm_writes_jobs_and_runs_nothing(roots: dict[str, Path], tmp_pat
 
 @pytest.mark.parametrize("args, message", [
     (["-d", "21", "-m", "pix2pixx", "-f", "0"], "unknown model 'pix2pixx' (did you mean 'pix2pix'?)"),
+    (["-d", "21", "-m", "identiy", "-f", "0"], "unknown model 'identiy' (did you mean 'identity'?)"),
     (["-d", "77", "-m", "pix2pix", "-f", "0"], "dataset '77' not found"),
     (["-d", "21", "-m", "pix2pix", "-f", "0", "4"], "fold 4 is out of range for Dataset021_DemoT2toFLAIR: it has 4 folds"),
     (["-d", "21", "-m", "pix2pix", "-f", "all"], "fold 'all' has no held-out cases"),
@@ -147,3 +149,24 @@ def test_failing_task_does_not_stop_the_grid(grid_roots: dict[str, Path], monkey
         "memory (simulated)" in err
     md = (res / "benchmark" / "report.md").read_text()
     assert "| pix2pix | 1 |" in md  # fold 0's case only
+
+
+def test_baseline_that_does_not_apply_is_skipped_with_a_note(grid_roots: dict[str, Path],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """identity on a cross-modality dataset (simulated here: the brains' plan says MR -> MR) finishes as skipped:
+    result.json holds the reason, the report says it in the opening paragraph and shows no row."""
+    from autotrans.baselines.identity import IdentityBaseline
+    from autotrans.utils.files import load_json
+
+    res = grid_roots["autotrans_results"]
+    shutil.rmtree(res / "benchmark" / "tasks" / NAME / "identity__autotransPlans__3d_fullres")
+    reason = "source channel 0 (MR) and target (CT) are different modalities; identity is skipped"
+    monkeypatch.setattr(IdentityBaseline, "not_applicable", lambda self: reason)
+    assert benchmark_main(grid_args()) == 0
+    result = load_json(res / "benchmark" / "tasks" / NAME / "identity__autotransPlans__3d_fullres" / "fold_0" /
+                       "result.json")
+    assert result["baseline"] and result["skipped"] == f"identity: {reason}"
+    md = (res / "benchmark" / "report.md").read_text()
+    opening = md.split("\n\n")[2]
+    assert opening.startswith(f"{NAME}: best model") and f"Baseline identity skipped: {reason}." in opening
+    assert "best baseline intensity_map" in opening and "| *identity (baseline)* |" not in md

@@ -48,11 +48,15 @@ CROPS: dict[str, tuple[str, tuple[tuple[int, int], ...] | None]] = {
     # 1 mm MNI FLAIR with MS lesions (stored with a flipped y axis): lesion metrics, MR display
     "ms_patient07/flair.nii.gz": (f"{MS07}/FLAIR.nii.gz", ((59, 99), (60, 121), (60, 111))),
     "ms_patient07/lesion_gt.nii.gz": (f"{MS07}/lesion_gt.nii.gz", ((59, 99), (60, 121), (60, 111))),
+    # its T2 (registered to the FLAIR by the curators): a real T2 -> FLAIR pair for the pair-alignment check
+    "ms_patient07/t2.nii.gz": (f"{MS07}/T2.nii.gz", ((59, 99), (60, 121), (60, 111))),
     # six 1 mm SRI24 slices of the four BraTS-like contrasts: the BraTS / SynthRAD converters
     **{f"tcga_du_7294/{k}.nii.gz": (f"{TCGA}/{k}.nii.gz", ((74, 80), (70, 150), (60, 180)))
        for k in ("t1", "t1c", "t2", "flair")},
     # oblique head T1c, origin far from 0: image I/O round trips, exact geometry through inference
     "remind_022/t1c.nii.gz": (f"{REMIND}/t1c.nii.gz", ((70, 125), (95, 154), (90, 158))),
+    # the same session's T2 on the T1c grid: a real oblique T1c -> T2 pair for the pair-alignment check
+    "remind_022/t2.nii.gz": (f"{REMIND}/t2_on_t1c_grid.nii.gz", ((70, 125), (95, 154), (90, 158))),
     # anisotropic NRRD (0.78 x 0.78 x 6.5 mm), every slice: NRRD input and thick-slice planning
     "pyradiomics/brain1_image.nrrd": (f"{PYRAD}/brain1_image.nrrd", ((0, 25), (90, 156), (90, 164))),
     "pyradiomics/brain2_image.nrrd": (f"{PYRAD}/brain2_image.nrrd", ((0, 23), (90, 156), (90, 164))),

@@ -30,7 +30,11 @@ def shrink_plans(plans: Plans, patch: tuple[int, int, int] = (32, 32, 32), featu
     cfg["patch_size"] = list(patch)
     kw = cfg["architecture"]["arch_kwargs"]
     kw.update(n_stages=n, features_per_stage=list(features), kernel_sizes=[[3, 3, 3]] * n, strides=strides,
-              n_conv_per_stage=[1] * n, n_conv_per_stage_decoder=[1] * (n - 1))
+              n_conv_per_stage_decoder=[1] * (n - 1))
+    if "n_blocks_per_stage" in kw:  # a ResEnc plan (-pl ResEncM/L/XL): one residual block per stage
+        kw["n_blocks_per_stage"] = [1] * n
+    else:
+        kw["n_conv_per_stage"] = [1] * n
     if n_source_channels is not None:
         data["source_channels"] = [dict(data["source_channels"][0], name=f"ch{i}") for i in range(n_source_channels)]
         data["normalization"]["source"] = [data["normalization"]["source"][0]] * n_source_channels

@@ -1,4 +1,5 @@
-"""The Family contract, for every GAN family, on tiny networks and patches of the preprocessed demo data."""
+"""The Family contract, for the regression U-Net and every GAN family, on tiny networks and patches of the
+preprocessed demo data."""
 from __future__ import annotations
 
 import math
@@ -10,9 +11,13 @@ import autotrans.families  # noqa: F401  (registers the families)
 from autotrans.families.base import Family
 from tests.families.helpers import SMALL, make_family, real_batch, snapshot
 
-FAMILIES = ["pix2pix", "cyclegan", "srgan"]
+FAMILIES = ["regression", "pix2pix", "cyclegan", "srgan"]
 # SRGAN trains D only after its pre-training; the contract checks a full adversarial step
 OVERRIDES = {"srgan": {"pretrain_fraction": 0}}
+#: (generator learning-rate key, another key) per family: regression has one optimizer (nnU-Net's SGD)
+HPARAM_KEYS = {"regression": ("lr", "weight_decay")}
+#: validation losses beyond the masked L1 (regression has no adversary)
+VALIDATION_KEYS = {"regression": set()}
 
 
 def make(name: str, demo_planned, seed: int = 0, overrides: dict | None = None, patch=SMALL, **shrink) -> Family:
@@ -79,17 +84,18 @@ def test_train_state_round_trip(name: str, demo_planned) -> None:
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_hparam_override_and_plan_section(name: str, demo_planned) -> None:
-    fam = make(name, demo_planned, overrides={"lr_g": 1e-3})
+    lr, other = HPARAM_KEYS.get(name, ("lr_g", "lr_d"))
+    fam = make(name, demo_planned, overrides={lr: 1e-3})
     fam.configure_optimizers()
     hp = fam.resolved_hparams()
-    assert hp["lr_g"] == 1e-3 and "lr_d" in hp and "betas" in hp
+    assert hp[lr] == 1e-3 and other in hp and ("betas" in hp or name == "regression")
     gen_opt = next(o for k, o in fam.optimizers().items() if k.startswith("generator"))
     assert gen_opt.param_groups[0]["lr"] == pytest.approx(1e-3)
     # the plan's family section is the second source, below overrides
-    fam.configuration.data["families"][name]["lr_d"] = 5e-5
-    assert fam.resolved_hparams()["lr_d"] == 5e-5
-    fam.overrides["lr_d"] = 7e-5
-    assert fam.resolved_hparams()["lr_d"] == 7e-5
+    fam.configuration.data["families"].setdefault(name, {})[other] = 5e-5
+    assert fam.resolved_hparams()[other] == 5e-5
+    fam.overrides[other] = 7e-5
+    assert fam.resolved_hparams()[other] == 7e-5
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -98,7 +104,8 @@ def test_validation_step_changes_nothing(name: str, demo_planned) -> None:
     fam.configure_optimizers()
     before = snapshot(fam)
     out = fam.validation_step(real_batch(demo_planned[1], n=1, patch=SMALL))
-    assert {"loss_l1", "loss_g_adv"} <= set(out) and all(math.isfinite(v) for v in out.values())
+    assert {"loss_l1"} | VALIDATION_KEYS.get(name, {"loss_g_adv"}) <= set(out)
+    assert all(math.isfinite(v) for v in out.values())
     after = snapshot(fam)
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert all(net.training for net in fam.networks().values())

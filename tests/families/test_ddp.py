@@ -26,7 +26,7 @@ def process_group(tmp_path: Path) -> Iterator[None]:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("name", ["pix2pix", "cyclegan", "srgan"])
+@pytest.mark.parametrize("name", ["regression", "pix2pix", "cyclegan", "srgan"])
 def test_train_steps_under_ddp(name: str, demo_planned, process_group) -> None:
     fam = make_family(name, demo_planned[0], overrides={"num_epochs": 10, "pretrain_fraction": 0.1})
     fam.wrap_networks(DistributedDataParallel)
@@ -38,7 +38,7 @@ def test_train_steps_under_ddp(name: str, demo_planned, process_group) -> None:
         assert all(math.isfinite(v) for v in losses.values())
         assert math.isfinite(fam.validation_step(batch)["loss_l1"])  # no_grad forwards between DDP steps
         fam.on_epoch_end(step, 10)
-    assert "loss_g_adv" in losses
+    assert "loss_g_adv" in losses or name == "regression"
     state = fam.state_dict()  # unwrapped: loads into a plain family
     plain = make_family(name, demo_planned[0], seed=1)
     plain.load_state_dict(state)

@@ -17,7 +17,7 @@ from autotrans.utils.files import save_json
 from tests.families.helpers import CONFIG, make_family, real_batch
 
 
-@pytest.mark.parametrize("name", ["pix2pix", "cyclegan", "srgan"])
+@pytest.mark.parametrize("name", ["regression", "pix2pix", "cyclegan", "srgan"])
 def test_trained_family_predicts_through_the_chain(name: str, demo_planned, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     fam = make_family(name, demo_planned[0], patch=(32, 32, 32), overrides={"pretrain_fraction": 0})

@@ -253,7 +253,8 @@ def test_mr_rooms_from_case_statistics() -> None:
 
 
 def test_patch_psnr_of_mr_equals_the_output_scale_psnr() -> None:
-    """Per-epoch validation reports raw MR intensity; its PSNR equals the autotrans standard's in the output scale."""
+    """Per-epoch validation reports MR in the per-case output scale (as the final validation and the report, not
+    raw scanner units); its MAE and PSNR equal the autotrans standard's there."""
     import torch
 
     from autotrans.training.validation import physical_patch_errors
@@ -267,8 +268,10 @@ def test_patch_psnr_of_mr_equals_the_output_scale_psnr() -> None:
     (mae, psnr), = physical_patch_errors(torch.from_numpy(pred), torch.from_numpy(target), torch.from_numpy(mask),
                                          n, [params])
     raw_t, raw_p = n.inverse(target[0, 0], params), n.inverse(pred[0, 0], params)
-    assert mae == pytest.approx(np.abs(raw_p - raw_t).mean(), rel=1e-5)
     ref = n.raw_to_output_scale(raw_t, params)
     out = n.to_output_scale(pred[0, 0])
+    assert mae == pytest.approx(np.abs(out - ref).mean(), rel=1e-4)
+    assert mae == pytest.approx(np.abs(raw_p - raw_t).mean() * 2 / (params["high"] - params["low"]), rel=1e-4)
     res = evaluate_case(ref, out, None, modality="MR", value_range=(-1.0, 1.0), range_source="plan")
     assert math.isfinite(psnr) and psnr == pytest.approx(res["metrics"]["psnr"], rel=1e-4)
+    assert mae == pytest.approx(res["metrics"]["mae"], rel=1e-4)

@@ -19,15 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import SimpleITK as sitk
-from scipy import ndimage
-from tqdm import tqdm
 
 from autotrans.dataset.format import ChannelInfo, DatasetJson, save_dataset_json
 from autotrans.errors import ConfigurationError, DatasetError
 from autotrans.utils.files import atomic_directory, ensure_replaceable, ensure_writable_folder
 from autotrans.io import Geometry, ImageReadError, file_ending, read_geometry, read_image, write_image
 from autotrans.paths import ROOT_VARS, dataset_folder_name, parse_dataset_folder_name, raw_root
+from autotrans.utils.progress import progress
+from autotrans.utils.lazy import LazyModule
+
+sitk = LazyModule("SimpleITK")
+ndimage = LazyModule("scipy.ndimage")
 
 logger = logging.getLogger(__name__)
 
@@ -292,7 +294,7 @@ def write_raw_dataset(
     if not any(c.split == "Tr" for c in plan.cases):
         raise ConfigurationError(f"{folder}: no complete training case found")
     with atomic_directory(dest) as tmp:
-        for case in tqdm(plan.cases, desc=f"converting to {folder}", unit="case"):
+        for case in progress(plan.cases, desc=f"converting to {folder}", unit="case"):
             _write_case(plan, case, geoms[case.case_id], tmp, mode)
         n_tr = sum(c.split == "Tr" for c in plan.cases)
         extra = {
