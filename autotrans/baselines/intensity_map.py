@@ -35,23 +35,12 @@ SEED = 0
 
 
 def isotonic(y: np.ndarray, w: np.ndarray, increasing: bool = True) -> np.ndarray:
-    """Weighted least-squares monotone fit of ``y`` (pool adjacent violators)."""
-    if not increasing:
-        return -isotonic(-y, w, True)
-    values: list[float] = []
-    weights: list[float] = []
-    sizes: list[int] = []
-    for v, wt in zip(y.astype(np.float64), w.astype(np.float64)):
-        values.append(v)
-        weights.append(wt)
-        sizes.append(1)
-        while len(values) > 1 and values[-2] > values[-1]:
-            wsum = weights[-2] + weights[-1]
-            merged = (values[-2] * weights[-2] + values[-1] * weights[-1]) / max(wsum, 1e-12)
-            size = sizes[-2] + sizes[-1]
-            del values[-1], weights[-1], sizes[-1]
-            values[-1], weights[-1], sizes[-1] = merged, wsum, size
-    return np.repeat(np.asarray(values), sizes)
+    """Weighted least-squares monotone fit of ``y`` over its index (scikit-learn's pool adjacent violators)."""
+    from sklearn.isotonic import IsotonicRegression
+
+    x = np.arange(len(y), dtype=np.float64)
+    fit = IsotonicRegression(increasing=increasing).fit(x, y.astype(np.float64), sample_weight=w.astype(np.float64))
+    return fit.predict(x)
 
 
 def sample_pairs(data_dir: Path, cases: list[str]) -> tuple[np.ndarray, np.ndarray]:

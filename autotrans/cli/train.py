@@ -46,6 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no_mirroring", action="store_true",
                    help="no mirror augmentation (e.g. lateralised anatomy); checkpoints then record no mirror axes, "
                    "so inference skips mirror TTA")
+    aug = p.add_mutually_exclusive_group()
+    aug.add_argument("--gpu_augmentation", dest="gpu_augmentation", action="store_true", default=None,
+                     help="rotation/scaling, mirroring and intensity augmentation on the training device, workers only "
+                     "read patches (default on CUDA)")
+    aug.add_argument("--cpu_augmentation", dest="gpu_augmentation", action="store_false",
+                     help="augment in the CPU workers even on CUDA")
+    p.add_argument("--augmentation_pipeline", choices=("torch", "batchgenerators"), default="torch",
+                   help="CPU augmentation: torch (trilinear, default, faster) or batchgenerators v1 (cubic)")
     p.add_argument("--save_every", type=int, default=50, help="write checkpoint_latest.pth every N epochs (50)")
     p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
                    help="family hyperparameter override, repeatable (e.g. -o lambda_l1=50)")
@@ -83,7 +91,8 @@ def _main(args: argparse.Namespace) -> int:
         seed=args.seed, num_workers=args.num_workers, save_every=args.save_every,
         overrides={**parse_overrides(args.override),
                    **({"perceptual_weights": args.perceptual_weights} if args.perceptual_weights else {})},
-        augmentation=AugmentationSettings(mirror=not args.no_mirroring))
+        gpu_augmentation=args.gpu_augmentation,
+        augmentation=AugmentationSettings(mirror=not args.no_mirroring, pipeline=args.augmentation_pipeline))
     run_training(settings)
     return 0
 

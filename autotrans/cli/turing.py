@@ -28,6 +28,7 @@ def _create(args: argparse.Namespace) -> int:
     study = create_study(
         real=args.real, synthetic=[parse_synthetic(s) for s in args.synthetic], out=args.output,
         modality=args.modality, n_per_class=args.n_per_class, readers=args.readers, seed=args.seed,
+        design=args.design, source=args.source, source_modality=args.source_modality,
     )
     logger.info("study with %d items for %d readers written to %s", len(study.items), len(study.readers), args.output)
     print(f"Study folder: {args.output} (keep it private: it holds the ground truth and the tokens)")
@@ -82,11 +83,20 @@ def _analyze(args: argparse.Namespace) -> int:
 
     ensure_writable_dir(args.output, "-o")  # a read-only report folder fails before any work
     summary = analyze_studies(args.study, args.output)
+    if summary.get("design") == "2afc":
+        pooled = summary["overall"].get("pooled") or summary["overall"]["pooled_naive"]
+        print(f"2AFC proportion correct (= AUC) {100 * pooled['proportion_correct']:.1f}% "
+              f"[{100 * pooled['ci_low']:.1f}, {100 * pooled['ci_high']:.1f}]; report: {args.output}/report.html")
+        return 0
     acc = summary["overall"]["accuracy"]
     print(
         f"accuracy {100 * acc['value']:.1f}% [{100 * acc['ci_low']:.1f}, {100 * acc['ci_high']:.1f}] "
         f"({acc['k']}/{acc['n']}), p = {summary['overall']['p_value']:.3g}; report: {args.output}/report.html"
     )
+    from autotrans.turing.analysis_mrmc import console_lines
+
+    for line in console_lines(summary):
+        print(line)
     return 0
 
 
@@ -103,7 +113,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder of synthetic volumes, optionally with a model label (repeatable)")
     c.add_argument("-o", "--output", required=True, help="new study folder")
     c.add_argument("--n_per_class", type=int, default=None,
-                   help="real volumes and synthetic volumes each (default: as many as both classes allow)")
+                   help="real volumes and synthetic volumes each; with --design 2afc: pairs "
+                        "(default: as many as both classes allow)")
+    c.add_argument("--design", choices=["single", "2afc"], default="single",
+                   help="single: one volume per item, real or synthetic? (default); 2afc: the real and a "
+                        "synthetic volume of one case side by side, which is real?")
+    c.add_argument("--source", default=None, metavar="DIR",
+                   help="folder of source volumes named like the cases (the CT of a PET, the input of an MR "
+                        "model): PET can be fused over it, other modalities show it beside the item")
+    c.add_argument("--source_modality", choices=["CT", "PET", "MR"], default=None,
+                   help="modality of --source (default: CT for a PET study, else the study's modality)")
     c.add_argument("--readers", nargs="+", default=None, metavar="NAME", help="reader names (default: reader01)")
     c.add_argument("--seed", type=int, default=None, help="seed for item choice and order (default: random)")
     c.add_argument("--modality", required=True, choices=["CT", "PET", "MR"], help="sets the window presets")

@@ -1,4 +1,8 @@
-"""Data augmentation for translation patches, built from batchgenerators' transforms.
+"""Data augmentation for translation patches: the settings shared by both pipelines and the batchgenerators v1 one.
+
+Training uses ``augment_torch`` by default (same transform set, trilinear, faster; also the device path of
+``--gpu_augmentation``); the v1 pipeline below stays selectable (``--augmentation_pipeline batchgenerators``)
+and serves the un-augmented validation crops.
 
 Why the pipeline looks the way it does:
 
@@ -39,6 +43,11 @@ class AugmentationSettings:
     p_scale: float = 0.2
     mirror: bool = True
     intensity: bool = True
+    #: "torch": augment_torch's trilinear pipeline (default: faster, see documentation/performance.md);
+    #: "batchgenerators": the v1 cubic pipeline below
+    pipeline: str = "torch"
+    #: rotation/scaling, mirroring and intensity on the training device; workers only read (--gpu_augmentation)
+    on_device: bool = False
 
     @property
     def mirror_axes(self) -> tuple[int, ...]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+import torch
 from batchgenerators.dataloading.data_loader import SlimDataLoaderBase
 from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
 from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
@@ -25,6 +26,7 @@ from autotrans.planning.plans import Configuration, Plans
 from autotrans.preprocessing.preprocessor import config_hash
 from autotrans.preprocessing.store import PreprocessedCase, case_ids
 from autotrans.training.augment import AugmentationSettings, TranslationAugmentation, load_size
+from autotrans.training.augment_torch import TorchAugmentation
 from autotrans.utils.files import load_json
 
 logger = logging.getLogger(__name__)
@@ -172,9 +174,13 @@ class PatchLoader(SlimDataLoaderBase):
     """
 
     def __init__(self, sampler: PatchSampler, batch_size: int, seed: int, paired: bool, start: int = 0,
-                 num_workers: int = 0, rank: int = 0, world: int = 1, stream: int = TRAIN_STREAM) -> None:
+                 num_workers: int = 0, rank: int = 0, world: int = 1, stream: int = TRAIN_STREAM,
+                 stack: bool = True) -> None:
         super().__init__(None, batch_size, max(num_workers, 1))
         self.sampler, self.seed, self.paired = sampler, int(seed), paired
+        #: False: image entries stay lists of per-sample regions (the torch CPU transform slices each sample's
+        #: region to what its patch needs; stacking the full read regions was its largest cost)
+        self.stack = stack
         self.start, self.rank, self.world, self.stream = int(start), rank, world, stream
         self.count = 0
         if paired and not sampler.paired_cases:
@@ -192,7 +198,8 @@ class PatchLoader(SlimDataLoaderBase):
         self.count += 1
         rng = batch_rng(self.seed, self.stream, index)
         items = [self._paired(rng) if self.paired else self._unpaired(rng) for _ in range(self.batch_size)]
-        batch = {k: np.stack([it[k] for it in items]) for k in items[0]}
+        batch = {k: np.stack([it[k] for it in items]) if self.stack or np.ndim(items[0][k]) == 0
+                 else [it[k] for it in items] for k in items[0]}
         batch["batch_index"] = index
         return batch
 
@@ -219,19 +226,62 @@ def _air_values(plans: Plans) -> tuple[list[float], float]:
 
 
 def make_train_augmenter(fold: FoldData, batch_size: int, seed: int, paired: bool, start: int, num_workers: int,
-                         settings: AugmentationSettings, rank: int = 0, world: int = 1
-                         ) -> SingleThreadedAugmenter | MultiThreadedAugmenter:
-    """The training batch stream; multi-process (deterministic order) when ``num_workers > 0``."""
-    patch = fold.configuration.patch_size
+                         settings: AugmentationSettings, rank: int = 0, world: int = 1,
+                         patch_size: list[int] | None = None) -> SingleThreadedAugmenter | MultiThreadedAugmenter:
+    """The training batch stream; multi-process (deterministic order) when ``num_workers > 0``.
+
+    ``patch_size`` replaces the plan's patch (benchmarks measure the loader at other sizes on the same data)."""
+    patch = list(patch_size) if patch_size is not None else fold.configuration.patch_size
     source_air, target_air = _air_values(fold.plans)
     sampler = PatchSampler(fold.data_dir, fold.train_cases, load_size(patch, settings), source_air, target_air)
-    loader = PatchLoader(sampler, batch_size, seed, paired, start, num_workers, rank, world)
-    transform = TranslationAugmentation(patch, source_air, target_air, settings, augment=True)
+    per_sample = settings.pipeline == "torch" and not settings.on_device
+    loader = PatchLoader(sampler, batch_size, seed, paired, start, num_workers, rank, world, stack=not per_sample)
+    transform = train_transform(patch, source_air, target_air, settings, worker=num_workers > 0)
     if num_workers <= 0:
         return SingleThreadedAugmenter(loader, transform)
     # MultiThreadedAugmenter returns batches in worker round-robin order, so the stream stays deterministic
     return MultiThreadedAugmenter(loader, transform, num_workers, num_cached_per_queue=2,
                                   seeds=[int(seed) + w for w in range(num_workers)], pin_memory=False)
+
+
+def train_transform(patch: list[int], source_air: list[float], target_air: float, settings: AugmentationSettings,
+                    worker: bool) -> Any:
+    """The workers' transform: nothing when the device augments (regions travel as read), else the pipeline's."""
+    if settings.on_device:
+        return None
+    if settings.pipeline == "batchgenerators":
+        return TranslationAugmentation(patch, source_air, target_air, settings, augment=True)
+    if settings.pipeline != "torch":
+        raise ConfigurationError(f"augmentation pipeline {settings.pipeline!r}: expected 'torch' or 'batchgenerators'")
+    return TorchAugmentation(patch, source_air, target_air, settings, threads=1 if worker else None).numpy_transform
+
+
+def device_augmentation(fold: FoldData, settings: AugmentationSettings, seed: int) -> "DeviceAugmentation | None":
+    """The device half of ``--gpu_augmentation`` (None when the workers augment)."""
+    if not settings.on_device:
+        return None
+    source_air, target_air = _air_values(fold.plans)
+    return DeviceAugmentation(TorchAugmentation(fold.configuration.patch_size, source_air, target_air, settings), seed)
+
+
+class DeviceAugmentation:
+    """Augments read regions on the training device (``--gpu_augmentation``): one ``grid_sample`` per batch.
+
+    Parameters are drawn on the host from a generator seeded by ``(seed, batch index)``, as the workers'
+    transforms are, so a batch stays a function of its index (resume-exact); numpy's global state is restored
+    afterwards so the training RNG stream does not shift."""
+
+    def __init__(self, transform: TorchAugmentation, seed: int) -> None:
+        self.transform, self.seed = transform, int(seed)
+
+    def __call__(self, batch: dict[str, Any], index: int) -> dict[str, Any]:
+        state = np.random.get_state()
+        try:
+            np.random.seed(np.random.SeedSequence([self.seed, TRAIN_STREAM, int(index), 1]).generate_state(1)[0])
+            with torch.no_grad():
+                return self.transform(batch)
+        finally:
+            np.random.set_state(state)
 
 
 class ValidationBatches:

@@ -22,9 +22,9 @@ from autotrans.planning.planner import plans_hash
 from autotrans.results import link_checkpoint, save_checkpoint
 from autotrans.training import distributed as ddp
 from autotrans.training.checkpoints import BEST, FINAL, LATEST, load_pretrained, rng_state, set_rng_state
-from autotrans.training.data import FoldData, ValidationBatches, make_train_augmenter
-from autotrans.training.progress import (EPOCH_TIME, TRAIN_TIME, VAL_MAE, VAL_MAE_EMA, VAL_PSNR, VAL_TIME, History,
-                                         plot_progress, summarize_epoch)
+from autotrans.training.data import FoldData, ValidationBatches, device_augmentation, make_train_augmenter
+from autotrans.training.progress import (DATA_WAIT, EPOCH_TIME, TRAIN_TIME, VAL_MAE, VAL_MAE_EMA, VAL_PSNR, VAL_TIME,
+                                         History, plot_progress, summarize_epoch)
 from autotrans.training.settings import EMA_MOMENTUM, TrainSettings, mixed_precision
 from autotrans.training.validation import physical_patch_errors, validation_unit
 from autotrans.utils.progress import progress
@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 BATCH_KEYS = ("source", "target", "mask", "target_mask")
 ENGINE_VERSION = 1
+#: a data-wait fraction above this is reported in the log as a loader bottleneck
+DATA_WAIT_WARNING = 0.2
 
 
 class Trainer:
@@ -60,6 +62,8 @@ class Trainer:
         self.family = self._build_family(resume)
         self.batch_size = ddp.rank_batch_size(settings.batch_size, rank, world)
         self.mirror_axes = settings.augmentation.mirror_axes
+        #: --gpu_augmentation: workers only read regions, this augments them on self.device (None: workers do)
+        self.device_aug = device_augmentation(fold, settings.augmentation, self.seed)
         #: (epochs done, file) of this process's last checkpoint write: a second name for the same state links to it
         self.last_saved: tuple[int, Path] | None = None
 
@@ -180,23 +184,44 @@ class Trainer:
         ddp.barrier(self.world)
 
     def train_epoch(self, stream: Any, epoch: int) -> dict[str, float]:
+        """One epoch of steps; also measures the data-wait fraction (``DATA_WAIT``).
+
+        The wait is the time blocked in ``next(stream)`` plus the host-to-device copy, divided by the whole
+        iteration time (wait + device augmentation, if on, + ``train_step``). The device is synchronised before
+        the clock stops, so its work counts as step time: the fraction is the share of the epoch the device
+        idled for data (0 when the loader keeps up)."""
         for net in self.family.networks().values():
             net.train()
         sums: dict[str, float] = defaultdict(float)
         iterations = int(self.s.iterations)
+        wait = total = 0.0
         for it in progress(range(iterations), desc=f"epoch {epoch}", unit="it", disable=not self.is_main, leave=False):
-            batch = self.to_device(next(stream))
+            t0 = time.perf_counter()
+            raw = next(stream)
+            batch = self.to_device(raw, ("lesions",) if self.device_aug is not None else ())
+            t1 = time.perf_counter()
+            if self.device_aug is not None:  # device work, part of the step (not of the wait)
+                batch = self.device_aug(batch, int(raw["batch_index"]))
             out = self.family.train_step(batch, epoch * iterations + it)
             for k, v in out.items():
                 sums[k] += float(v)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)  # a step that returned tensors: its kernels belong to the step
+            t2 = time.perf_counter()
+            wait += t1 - t0
+            total += t2 - t0
         self.family.on_epoch_end(epoch, int(self.s.num_epochs))
-        means = ddp.average({k: v / iterations for k, v in sums.items()}, self.world, self.device)
-        return {f"train/{k}": v for k, v in means.items()}
+        means = ddp.average({**{f"train/{k}": v / iterations for k, v in sums.items()},
+                             DATA_WAIT: wait / total if total > 0 else 0.0}, self.world, self.device)
+        if self.is_main and means[DATA_WAIT] > DATA_WAIT_WARNING:
+            logger.info("epoch %d: %.0f %% of the step time was spent waiting for batches: the data loader is the "
+                        "bottleneck (more -num_workers or --gpu_augmentation help)", epoch, 100 * means[DATA_WAIT])
+        return means
 
-    def to_device(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def to_device(self, batch: dict[str, Any], extra: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
         pin = self.device.type == "cuda"
         out = {}
-        for k in BATCH_KEYS:
+        for k in (*BATCH_KEYS, *extra):
             if k in batch:
                 t = torch.from_numpy(np.ascontiguousarray(batch[k]))
                 out[k] = (t.pin_memory() if pin else t).to(self.device, non_blocking=pin)

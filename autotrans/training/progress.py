@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 VAL_MAE, VAL_MAE_EMA, VAL_PSNR, EPOCH_TIME = "val/mae", "val/mae_ema", "val/psnr", "epoch_time"
 #: an epoch's training and per-epoch validation seconds (EPOCH_TIME is their sum)
 TRAIN_TIME, VAL_TIME = "train_time", "val_time"
+#: fraction of the training step time spent blocked on the data loader (0: the loader keeps up)
+DATA_WAIT = "data_wait"
 
 
 class History:
@@ -71,7 +73,7 @@ def add_log_file(path: Path) -> logging.Handler:
 
 def plot_progress(history: History, path: Path, unit: str = "physical units") -> None:
     """Four panels: training losses (G/D and others), validation MAE (in ``unit``)/EMA/PSNR, learning rates,
-    epoch time.
+    epoch time with the data-wait fraction (% of step time blocked on the loader) on a second axis.
 
     Every series is drawn with point markers, so a run of one epoch (a line needs two points) still shows its
     values instead of four empty panels; the title then says "1 epoch"."""
@@ -112,7 +114,14 @@ def plot_progress(history: History, path: Path, unit: str = "physical units") ->
         if key in history.data:
             plot(ax, key, label=label)
     ax.set_ylabel("time (s)")
-    _legend(ax, "upper right")
+    _legend(ax, "upper left")
+    if DATA_WAIT in history.data:  # how much of that time the step waited for data: the loader's verdict
+        twin = ax.twinx()
+        twin.plot(x, [100 * v for v in history.data[DATA_WAIT]], ":", color="tab:red", marker=marker, markersize=4,
+                  label="data wait (% of step time)")
+        twin.set_ylabel("data wait (% of step time)")
+        twin.set_ylim(0, 100)
+        twin.legend(loc="upper right", fontsize="small")
     for ax in axes:
         ax.set_xlabel("epoch")
         if n == 1:  # one point: matplotlib would centre it in a zero-width range; give the axis a visible span

@@ -53,6 +53,7 @@ class TrainSettings:
     save_every: int = DEFAULT_SAVE_EVERY
     overrides: dict[str, Any] = field(default_factory=dict)
     augmentation: AugmentationSettings = AugmentationSettings()
+    gpu_augmentation: bool | None = None  # None: on for CUDA (workers then only read; see augment_torch)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -184,6 +185,7 @@ def resolve(settings: TrainSettings, plans: Plans, cfg: Configuration) -> TrainS
     if workers is None:
         env = os.environ.get("autotrans_n_proc_DA")
         workers = int(env) if env else min(max((os.cpu_count() or 2) - 1, 1), 12)
+    gpu_aug = settings.gpu_augmentation if settings.gpu_augmentation is not None else settings.device.startswith("cuda")
     iterations = int(settings.iterations or plan.get("iterations_per_epoch", DEFAULT_ITERATIONS))
     if settings.val_iterations is not None:
         val_iterations = int(settings.val_iterations)
@@ -200,6 +202,8 @@ def resolve(settings: TrainSettings, plans: Plans, cfg: Configuration) -> TrainS
         compile=settings.compile if settings.compile is not None else settings.device == "cuda",
         seed=int(seed),
         num_workers=int(workers),
+        gpu_augmentation=gpu_aug,
+        augmentation=replace(settings.augmentation, on_device=gpu_aug),
     )
 
 

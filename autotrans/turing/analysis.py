@@ -5,7 +5,9 @@ sensitivity is the share of synthetic volumes spotted and specificity the share 
 real. Confidence intervals are exact (Clopper-Pearson), the test against chance is the exact two-sided
 binomial test, agreement between readers is Fleiss' kappa on the items every reader of a study answered.
 The binomial test and kappa are implemented here (small, exact, checked against scipy and textbook
-values in the tests) so the numbers do not depend on optional packages.
+values in the tests) so the numbers do not depend on optional packages. The MRMC ROC analysis
+(Obuchowski-Rockette, Hillis ddf) and the display-settings analysis are added by
+:mod:`autotrans.turing.analysis_mrmc` (statistics in :mod:`autotrans.turing.mrmc`).
 """
 from __future__ import annotations
 
@@ -50,6 +52,7 @@ class Rating:
     confidence: int
     time_on_item_s: float
     comment: str
+    display: dict[str, Any] | None = None  # the reader's display settings for this answer (colour map, ...)
 
     @property
     def correct(self) -> bool:
@@ -91,6 +94,7 @@ def load_ratings(study_dirs: Sequence[str | Path]) -> list[Rating]:
                 study=name, reader=a["reader"], item=a["item"], truth=item["truth"],
                 model=item["model"] or "real", modality=study.modality, answer=a["answer"],
                 confidence=int(a["confidence"]), time_on_item_s=float(a["time_on_item_s"]), comment=a["comment"],
+                display=a.get("display") if isinstance(a.get("display"), dict) else None,
             ))
     return ratings
 
@@ -213,6 +217,8 @@ def calibration(ratings: Sequence[Rating]) -> dict[str, Any]:
 
 def analyze(ratings: Sequence[Rating]) -> dict[str, Any]:
     """All statistics of the report as one JSON-friendly dictionary."""
+    from autotrans.turing.analysis_mrmc import display_section, mrmc_section  # it imports this module
+
     if not ratings:
         raise AnalysisError("no answers to analyse yet: readers have not submitted anything")
     multi = len({r.study for r in ratings}) > 1
@@ -242,13 +248,18 @@ def analyze(ratings: Sequence[Rating]) -> dict[str, Any]:
         "by_modality": [{"modality": m, **summarize_group(rs)} for m, rs in sorted(modalities.items())],
         "calibration": calibration(ratings),
         "kappa": kappa_table(ratings),
+        "mrmc": mrmc_section(ratings),
+        "display_settings": display_section(ratings),
     }
 
 
 def analyze_studies(study_dirs: Sequence[str | Path], out_dir: str | Path) -> dict[str, Any]:
     """Analyse one or more study folders and write the HTML/CSV/PNG report to ``out_dir``."""
+    from autotrans.turing.analysis_2afc import analyze_2afc_dirs, is_2afc_request
     from autotrans.turing.report import write_report
 
+    if is_2afc_request(study_dirs):  # forced choice: proportion correct (= AUC) per reader and pooled
+        return analyze_2afc_dirs(study_dirs, out_dir)
     ratings = load_ratings(study_dirs)
     summary = analyze(ratings)
     write_report(summary, [asdict(r) | {"correct": r.correct} for r in ratings], Path(out_dir))

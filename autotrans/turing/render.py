@@ -42,21 +42,29 @@ ENCODING: dict[str, tuple[float, float]] = {
     "MR": (-0.5, 1.0 / 20000.0),  # auto-window units: p0.5 -> 0, p99.5 -> 1; range -0.5 .. 2.78
 }
 
+# Clinical defaults a radiologist expects (the first preset of a modality is shown first): CT windows as
+# W/L in HU, PET as inverted grey 0-7 SUV (the reading-room default) or hot iron with a colour bar, MR
+# from the percentile auto-window. Readers may still drag the window freely and pick any colour map.
 PRESETS: dict[str, list[dict[str, object]]] = {
     "CT": [
         {"name": "Soft tissue", "center": 40.0, "width": 400.0, "colormap": "gray"},
         {"name": "Lung", "center": -600.0, "width": 1500.0, "colormap": "gray"},
-        {"name": "Bone", "center": 400.0, "width": 1800.0, "colormap": "gray"},
+        {"name": "Bone", "center": 300.0, "width": 2000.0, "colormap": "gray"},
+        {"name": "Brain", "center": 40.0, "width": 80.0, "colormap": "gray"},
     ],
     "PET": [
-        {"name": "SUV 0-5 inverted", "center": 2.5, "width": 5.0, "colormap": "gray_inverted"},
-        {"name": "SUV 0-5 colour", "center": 2.5, "width": 5.0, "colormap": "hot"},
+        {"name": "SUV 0-7 inverted", "center": 3.5, "width": 7.0, "colormap": "gray_inverted"},
+        {"name": "SUV 0-7 hot iron", "center": 3.5, "width": 7.0, "colormap": "hot_iron"},
+        {"name": "SUV 0-15", "center": 7.5, "width": 15.0, "colormap": "gray_inverted"},
     ],
     "MR": [
         {"name": "Auto (p0.5-p99.5)", "center": 0.5, "width": 1.0, "colormap": "gray"},
         {"name": "Wide", "center": 0.6, "width": 1.6, "colormap": "gray"},
     ],
 }
+
+# Colour maps the page offers (the page draws them; the names are what answers record).
+COLORMAPS = ("gray", "gray_inverted", "hot_iron")
 
 UNITS = {"CT": "HU", "PET": "SUV", "MR": "normalised"}
 
@@ -245,4 +253,13 @@ def display_spec(grid: DisplayGrid, modality: str) -> dict[str, object]:
         "scale": scale,
         "unit": UNITS[modality],
         "presets": PRESETS[modality],
+        "colormaps": list(COLORMAPS),
     }
+
+
+def context_spec(modality: str) -> dict[str, object]:
+    """How the page decodes the source (context) volumes: the fused CT under PET, or the MR source shown
+    beside an MR item. They are real in both classes, so they carry no class information."""
+    offset, scale = ENCODING[modality]
+    return {"modality": modality, "offset": offset, "scale": scale, "unit": UNITS[modality],
+            "presets": PRESETS[modality]}

@@ -148,6 +148,11 @@ def write_report(summary: dict[str, Any], answers: list[dict[str, Any]], out: Pa
     kappa = summary["kappa"]
     _write_csv(out / "kappa.csv", [{"study": "pooled", **kappa["overall"]}]
                + [{"study": s, **v} for s, v in kappa["per_study"].items()])
+    from autotrans.turing.analysis_mrmc import report_html, report_rows
+
+    for name, rows in report_rows(summary).items():
+        if rows:
+            _write_csv(out / name, rows)
     with atomic_path(out / "summary.json", suffix=".json") as tmp:  # strict JSON: NaN/Infinity are not JSON
         tmp.write_text(json.dumps(_no_nan(summary), indent=2, allow_nan=False) + "\n", encoding="utf-8")
 
@@ -205,8 +210,10 @@ when wrong {_fmt(cal["mean_confidence_wrong"])}.</p>
 {_table(["confidence", "expected", "accuracy [95% CI]"],
         [[str(lv["confidence"]), _fmt(lv["expected_accuracy"], True), _prop(lv)] for lv in cal["levels"]])}
 <img src="calibration.png" alt="calibration">
+{report_html(summary, _table)}
 <p class="note">Tables: summary.csv, per_reader.csv, by_model.csv, by_modality.csv, calibration.csv, kappa.csv,
-answers.csv (one row per answer, with ground truth), summary.json.</p>
+answers.csv (one row per answer, with ground truth), mrmc_reader_auc.csv, mrmc_auc.csv, mrmc_differences.csv,
+mrmc_design.csv, display_settings.csv (where there is something to put in them), summary.json.</p>
 </body></html>
 """
     with atomic_path(out / "report.html", suffix=".html") as tmp:

@@ -20,6 +20,7 @@ from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
 
+from autotrans.turing.render import COLORMAPS
 from autotrans.turing.store import AnswerStore
 from autotrans.turing.study import ITEM_ID_RE, Study
 
@@ -67,8 +68,56 @@ def _is_unicode(text: str) -> bool:
     return True
 
 
-def validate_answer(body: bytes, allowed_items: list[str]) -> dict[str, Any]:
-    """Parse and check one answer; every problem becomes a 400 with a message naming it."""
+DISPLAY_NUMBERS = ("window_center", "window_width", "fusion_alpha", "time_s")
+DISPLAY_FLAGS = ("fusion", "source_view")
+DISPLAY_KEYS = (*DISPLAY_NUMBERS, "colormap", *DISPLAY_FLAGS)
+
+
+def _finite(v: Any) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def validate_display(value: Any) -> dict[str, Any]:
+    """The display settings a reader used for an item: a flat object of known keys and plain values, so
+    the analysis can group answers by them without cleaning."""
+    if not isinstance(value, dict):
+        raise ApiError(400, "display: must be a JSON object")
+    unknown = set(value) - set(DISPLAY_KEYS)
+    if unknown:
+        raise ApiError(400, f"display: unknown fields: {', '.join(sorted(unknown))}")
+    out: dict[str, Any] = {}
+    for key in DISPLAY_NUMBERS:
+        if key in value:
+            v = value[key]
+            if not _finite(v) or abs(v) > 1e9:
+                raise ApiError(400, f"display.{key}: must be a finite number")
+            out[key] = float(v)
+    if out.get("window_width", 1.0) <= 0:
+        raise ApiError(400, "display.window_width: must be > 0")
+    if not 0.0 <= out.get("fusion_alpha", 0.0) <= 1.0:
+        raise ApiError(400, "display.fusion_alpha: must be from 0 to 1")
+    if out.get("time_s", 0.0) < 0:
+        raise ApiError(400, "display.time_s: must be >= 0")
+    for key in DISPLAY_FLAGS:
+        if key in value:
+            if not isinstance(value[key], bool):
+                raise ApiError(400, f"display.{key}: must be true or false")
+            out[key] = value[key]
+    if "colormap" in value:
+        if value["colormap"] not in COLORMAPS:
+            raise ApiError(400, f"display.colormap: one of {', '.join(COLORMAPS)}")
+        out["colormap"] = value["colormap"]
+    return out
+
+
+def validate_answer(
+    body: bytes, allowed_items: list[str], pairs: dict[str, list[str]] | None = None
+) -> dict[str, Any]:
+    """Parse and check one answer; every problem becomes a 400 with a message naming it.
+
+    ``pairs`` (two-alternative forced choice: item -> its two volume ids) switches the answer from
+    ``answer`` (real/synthetic) to ``pick``: the id of the volume the reader takes for the real one.
+    """
     try:
         data = json.loads(body.decode("utf-8"))
     except RecursionError:  # "[[[[...": the parser's recursion limit, not a server fault
@@ -77,15 +126,23 @@ def validate_answer(body: bytes, allowed_items: list[str]) -> dict[str, Any]:
         raise ApiError(400, "body must be a JSON object") from None
     if not isinstance(data, dict):
         raise ApiError(400, "body must be a JSON object")
-    unknown = set(data) - {"item", "answer", "confidence", "comment", "time_on_item_s"}
+    fields = {"item", "confidence", "comment", "time_on_item_s", "display", "pick" if pairs is not None else "answer"}
+    unknown = set(data) - fields
     if unknown:
         raise ApiError(400, f"unknown fields: {', '.join(sorted(unknown))}")
     item = data.get("item")
     if not isinstance(item, str) or item not in allowed_items:
         raise ApiError(400, "item: not one of your items")
-    answer = data.get("answer")
-    if answer not in ("real", "synthetic"):
-        raise ApiError(400, "answer: must be 'real' or 'synthetic'")
+    pick = None
+    if pairs is not None:
+        pick = data.get("pick")
+        if not isinstance(pick, str) or pick not in pairs[item]:
+            raise ApiError(400, "pick: must be the id of one of the item's two volumes")
+        answer = "real"  # the reader calls the picked volume real
+    else:
+        answer = data.get("answer")
+        if answer not in ("real", "synthetic"):
+            raise ApiError(400, "answer: must be 'real' or 'synthetic'")
     conf = data.get("confidence")
     if isinstance(conf, bool) or not isinstance(conf, int) or not 1 <= conf <= 5:
         raise ApiError(400, "confidence: must be an integer from 1 to 5")
@@ -97,7 +154,9 @@ def validate_answer(body: bytes, allowed_items: list[str]) -> dict[str, Any]:
     t = data.get("time_on_item_s")
     if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or not 0 <= t <= MAX_TIME_S:
         raise ApiError(400, "time_on_item_s: must be a number of seconds >= 0")
-    return {"item": item, "answer": answer, "confidence": conf, "comment": comment.strip(), "time_on_item_s": float(t)}
+    display = validate_display(data["display"]) if data.get("display") is not None else None
+    return {"item": item, "answer": answer, "confidence": conf, "comment": comment.strip(), "time_on_item_s": float(t),
+            "display": display, "pick": pick}
 
 
 class TuringServer(ThreadingHTTPServer):
@@ -108,6 +167,8 @@ class TuringServer(ThreadingHTTPServer):
         self.study = study
         self.store = AnswerStore(study.db_path)
         self.static = _load_static()
+        self.allowed = {name: frozenset(r["order"]) for name, r in study.readers.items()}
+        self.pairs = ({i: study.item_volumes(i) for i in study.items} if study.design == "2afc" else None)
         if ":" in host:
             self.address_family = socket.AF_INET6
         super().__init__((host, port), TuringHandler)
@@ -200,14 +261,15 @@ class TuringHandler(BaseHTTPRequestHandler):
             order = study.readers[reader]["order"]
             done = self.server.store.answered(reader)
             self._json(200, {"reader": reader, "items": order, "answered": [i for i in order if i in done],
-                             "display": study.display})
+                             "display": study.display, **study.session_layout(order)})
         elif (m := ITEM_ROUTE.match(path)) is not None:
             reader = self._reader()
-            item = m.group(1)
-            if not ITEM_ID_RE.fullmatch(item) or item not in study.readers[reader]["order"]:
+            vol = m.group(1)  # an item's volume, one side of a pair, or a context volume
+            item = study.owner.get(vol) if ITEM_ID_RE.fullmatch(vol) else None
+            if item is None or item not in self.server.allowed[reader]:
                 raise ApiError(404, "no such item")
-            body = study.item_path(item).read_bytes()
-            if self.command == "GET":
+            body = study.item_path(vol).read_bytes()
+            if self.command == "GET" and vol not in study.contexts:
                 self.server.store.record_view(reader, item)
             self._send(200, body, "application/octet-stream")
         elif path == "/api/admin/progress":
@@ -250,9 +312,9 @@ class TuringHandler(BaseHTTPRequestHandler):
             raise
         body = self._read_body()
         order = self.server.study.readers[reader]["order"]
-        a = validate_answer(body, order)
+        a = validate_answer(body, order, self.server.pairs)
         saved = self.server.store.save_answer(reader, a["item"], a["answer"], a["confidence"], a["comment"],
-                                              a["time_on_item_s"])
+                                              a["time_on_item_s"], display=a["display"], picked=a["pick"])
         if not saved:
             raise ApiError(409, "this item has already been answered")
         done = len(self.server.store.answered(reader))

@@ -1,7 +1,13 @@
 """Answer store in SQLite: WAL journal and synchronous commits, so an answer acknowledged to the
-reader survives a killed server; a primary key on (reader, item) keeps exactly one answer each."""
+reader survives a killed server; a primary key on (reader, item) keeps exactly one answer each.
+
+Each answer also keeps the display settings the reader used for it (``display``, JSON: window, colour
+map, fusion, source view, time) so the analysis can ask whether display choices relate to accuracy, and,
+in a two-alternative forced-choice study, the id of the volume the reader picked as real (``picked``;
+``answer`` is then always 'real': the reader's call on the picked volume)."""
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from contextlib import closing
@@ -20,6 +26,8 @@ CREATE TABLE IF NOT EXISTS answers (
     time_on_item_s REAL NOT NULL,
     server_elapsed_s REAL,
     answered_at REAL NOT NULL,
+    display TEXT,
+    picked TEXT,
     PRIMARY KEY (reader, item)
 );
 CREATE TABLE IF NOT EXISTS views (
@@ -30,6 +38,8 @@ CREATE TABLE IF NOT EXISTS views (
     PRIMARY KEY (reader, item)
 );
 """
+
+ADDED_COLUMNS = ("display", "picked")
 
 
 class AnswerStoreError(AutotransError):
@@ -48,6 +58,10 @@ class AnswerStore:
             with closing(self._connect()) as con:
                 con.execute("PRAGMA journal_mode=WAL")
                 con.executescript(SCHEMA)
+                have = {r[1] for r in con.execute("PRAGMA table_info(answers)")}
+                for column in ADDED_COLUMNS:  # databases of studies made before these columns existed
+                    if column not in have:
+                        con.execute(f"ALTER TABLE answers ADD COLUMN {column} TEXT")
         except sqlite3.DatabaseError as e:  # junk file, damaged database, folder not readable
             raise AnswerStoreError(f"{self.path}: not a usable answer database ({e}); it was left as it is: "
                                    "restore it from a backup, or move it away to start with no answers") from None
@@ -74,7 +88,7 @@ class AnswerStore:
 
     def save_answer(
         self, reader: str, item: str, answer: str, confidence: int, comment: str, time_on_item_s: float,
-        now: float | None = None,
+        now: float | None = None, display: dict[str, Any] | None = None, picked: str | None = None,
     ) -> bool:
         """Insert one answer; ``False`` if this reader already answered this item (nothing changes)."""
         now = time.time() if now is None else now
@@ -87,8 +101,9 @@ class AnswerStore:
                 elapsed = None if row is None else max(0.0, now - row[0])
                 con.execute(
                     "INSERT INTO answers(reader, item, answer, confidence, comment, time_on_item_s, "
-                    "server_elapsed_s, answered_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (reader, item, answer, int(confidence), comment, float(time_on_item_s), elapsed, now),
+                    "server_elapsed_s, answered_at, display, picked) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (reader, item, answer, int(confidence), comment, float(time_on_item_s), elapsed, now,
+                     None if display is None else json.dumps(display, sort_keys=True, allow_nan=False), picked),
                 )
             except sqlite3.IntegrityError:
                 con.execute("ROLLBACK")
@@ -110,4 +125,12 @@ class AnswerStore:
         with closing(self._connect()) as con:
             con.row_factory = sqlite3.Row
             rows = con.execute("SELECT * FROM answers ORDER BY reader, answered_at").fetchall()
-        return [dict(r) for r in rows]
+        out = []
+        for r in rows:
+            row = dict(r)
+            try:  # one damaged settings record must not block the analysis of the answers
+                row["display"] = json.loads(row["display"]) if row.get("display") else None
+            except ValueError:
+                row["display"] = None
+            out.append(row)
+        return out

@@ -139,4 +139,4 @@ def test_demo_all_eight_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
     controlnet = next(t for t in tasks if t["model"] == "ldm_controlnet")
     assert controlnet["training"]["stages"]["ldm_prior"]["epochs"] == 1  # its prior: a shared stage, same budget
     assert all(t["training"]["validation_hours"] is not None for t in tasks if not t.get("baseline"))  # training hours exclude validation
-    assert "| ldm_controlnet |" in md and "shared stages h" in md and "estimated memory (GB)" in md
+    assert "| ldm_controlnet |" in md and "shared stages" in md and "estimated memory (GB)" in md

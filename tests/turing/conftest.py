@@ -32,6 +32,7 @@ CASES = ["pt_zebra_01", "pt_zebra_02", "pt_zebra_03", "pt_zebra_04"]
 MODELS = ("cyclegan_kiwi", "diffusion_mango")
 REAL_DIR = "realsrc_walnut"
 SYNTH_DIRS = ("synthsrc_apricot", "synthsrc_fig")
+SOURCE_DIR = "ctsource_quince"
 
 
 def crop_to(arr: np.ndarray, geo: Geometry, z0: int, shape: tuple[int, int, int], yx0: int = 0) -> tuple[np.ndarray, Geometry]:
@@ -69,6 +70,42 @@ def ct_study_template(ct_volumes: dict[str, Any], tmp_path_factory: pytest.TempP
     create_study(ct_volumes["real"], ct_volumes["synthetic"], out, modality="CT", n_per_class=4,
                  readers=["alice", "bob", "carol"], seed=7)
     return out
+
+
+@pytest.fixture(scope="session")
+def pet_2afc_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2AFC PET study with the CT of each case as its source (for the fused view).
+
+    The PET and CT crops are taken at the same slice offsets of the same patient, so each PET pair has
+    its own CT; the CT folder has its own distinctive name for the leak test."""
+    root = tmp_path_factory.mktemp("pet_2afc")
+    pet = make_volumes(PET, root / "pet", noise=0.3)
+    ct = make_volumes(CT, root / "ct")
+    src = root / SOURCE_DIR
+    ct["real"].rename(src)
+    out = root / "studies" / "pet_2afc"
+    create_study(pet["real"], pet["synthetic"], out, modality="PET", readers=["alice", "bob"], seed=3,
+                 design="2afc", source=src)
+    return out
+
+
+@pytest.fixture()
+def study_2afc(pet_2afc_template: Path, tmp_path: Path) -> Study:
+    """A fresh copy of the 2AFC PET/CT study for each test."""
+    dst = tmp_path / "study_2afc"
+    shutil.copytree(pet_2afc_template, dst)
+    return Study.load(dst)
+
+
+@pytest.fixture()
+def server_2afc(study_2afc: Study) -> Iterator[TuringServer]:
+    srv = make_server(study_2afc, "127.0.0.1", 0)
+    serve_in_thread(srv)
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
 
 
 @pytest.fixture()
@@ -117,6 +154,12 @@ class Client:
 
     def get(self, path: str, token: str | None = None) -> tuple[int, dict[str, str], bytes]:
         return self.request("GET", path, token)
+
+    def pick(self, token: str, item: str, volume: str, confidence: int = 3, **extra: Any
+             ) -> tuple[int, dict[str, str], bytes]:
+        """A 2AFC answer: ``volume`` is the id of the side taken for the real one."""
+        body = {"item": item, "pick": volume, "confidence": confidence, "time_on_item_s": 4.5, **extra}
+        return self.request("POST", "/api/answer", token, body)
 
     def answer(
         self, token: str, item: str, answer: str = "real", confidence: int = 3, **extra: Any

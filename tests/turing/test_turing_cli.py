@@ -63,3 +63,46 @@ def test_usage_errors_exit_non_zero() -> None:
     with pytest.raises(SystemExit) as e:
         main(["create", "--real", "x"])
     assert e.value.code != 0
+
+
+def test_2afc_create_answer_analyze(pet_2afc_template: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """2AFC from the command line: analyze reports the proportion correct per reader and pooled."""
+    import json
+    import shutil
+
+    study_dir = tmp_path / "study"
+    shutil.copytree(pet_2afc_template, study_dir)
+    study = Study.load(study_dir)
+    store = AnswerStore(study.db_path)
+    for name in study.readers:  # alice always picks the real one, bob always the left one
+        for item in study.readers[name]["order"]:
+            it = study.items[item]
+            pick = it["real"] if name == "alice" else it["volumes"][0]
+            store.save_answer(name, item, "real", 3, "", 2.0, display={"colormap": "hot_iron", "fusion": True},
+                              picked=pick)
+    assert main(["analyze", str(study_dir), str(study_dir), "-o", str(tmp_path / "rep")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("2AFC proportion correct (= AUC)")
+    summary = json.loads((tmp_path / "rep" / "summary.json").read_text())
+    per = {p["reader"]: p for p in summary["overall"]["per_reader"]}
+    n = len(study.items)
+    assert per["alice"]["k"] == n and per["alice"]["n"] == n
+    left_real = sum(it["volumes"][0] == it["real"] for it in study.items.values())
+    assert per["bob"]["k"] == left_real
+    assert summary["position_bias"]["picked_left"] == n + left_real
+    assert (tmp_path / "rep" / "report.html").is_file() and (tmp_path / "rep" / "answers_2afc.csv").is_file()
+
+
+def test_2afc_errors_are_one_line(ct_volumes: dict, pet_2afc_template: Path, ct_study_template: Path, tmp_path: Path,
+                                  capsys: pytest.CaptureFixture) -> None:
+    lonely = tmp_path / "lonely"
+    lonely.mkdir()
+    (lonely / "other_case.nii.gz").write_bytes(next(ct_volumes["real"].iterdir()).read_bytes())
+    argv = ["create", "--real", str(ct_volumes["real"]), "--synthetic", str(lonely), "-o", str(tmp_path / "s"),
+            "--modality", "CT", "--design", "2afc"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--design 2afc needs real and synthetic volumes of the same cases" in err[0]
+    assert main(["analyze", str(pet_2afc_template), str(ct_study_template), "-o", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot be pooled" in err[0]

@@ -80,8 +80,11 @@ def test_common_grid_for_different_fields_of_view(tmp_path: Path) -> None:
     assert study.display["shape"] == [24, 36, 35]
     assert {study.item_path(i).stat().st_size for i in study.items} == {24 * 36 * 35 * 2}
     names = [p["name"] for p in study.display["presets"]]
-    assert {p["colormap"] for p in study.display["presets"]} == {"gray_inverted", "hot"}
-    assert all("SUV 0-5" in n for n in names)
+    # the reading-room default first: inverted grey 0-7 SUV, then hot iron (shown with a colour bar)
+    assert study.display["presets"][0] == {"name": "SUV 0-7 inverted", "center": 3.5, "width": 7.0,
+                                           "colormap": "gray_inverted"}
+    assert {p["colormap"] for p in study.display["presets"]} == {"gray_inverted", "hot_iron"}
+    assert all(n.startswith("SUV 0-") for n in names)
     assert study.display["unit"] == "SUV"
 
 

@@ -1,6 +1,9 @@
 // Reader page of the visual Turing test. The token comes from the URL fragment (never sent to the
 // server by the browser) and travels in an Authorization header. Volumes arrive as uint16 arrays on a
 // common isotropic grid; window/level is applied here so scrolling and windowing need no round trips.
+// Two designs: one volume per item (real or synthetic?) or a pair side by side (which one is real?).
+// Studies with source volumes (the CT under a PET, the input of an MR model) can fuse the item over its
+// source or show the source beside it. The settings used are sent with each answer.
 "use strict";
 (function () {
   const token = decodeURIComponent(location.hash.replace(/^#/, ""));
@@ -8,7 +11,8 @@
   const NAV_KEYS = ["ArrowUp", "ArrowDown", "ArrowLeft", "ArrowRight", "PageUp", "PageDown", "Home", "End"];
   const $ = (id) => document.getElementById(id);
   const state = {
-    display: null, dims: null, items: [], queue: [], done: 0, current: null, vol: null,
+    display: null, dims: null, items: [], queue: [], done: 0, current: null, vols: null, ctx: null,
+    design: "single", pairs: null, contexts: null, fusion: false, alpha: 0.5, sourceView: false,
     pos: { axial: 0, coronal: 0, sagittal: 0 }, active: "axial",
     win: { center: 0, width: 1, colormap: "gray" }, preset: 0,
     answer: null, confidence: null, busy: false, prefetch: null,
@@ -16,7 +20,12 @@
   };
   const panes = {};
   const lut = new Uint8ClampedArray(65536);
+  const ctxLut = new Uint8ClampedArray(65536);
   let cmap = makeColormap("gray");
+  const COLORMAPS = ["gray", "gray_inverted", "hot_iron"];
+  // fusion opacity by display value: background uptake lets the CT show at full brightness, as on PET/CT
+  // workstations, instead of darkening (hot iron) or whitening (inverted grey) the whole CT
+  const FADE = new Float32Array(256).map((_, i) => Math.min(1, i / 64));
 
   function api(path, opts) {
     opts = opts || {};
@@ -37,7 +46,9 @@
       const t = i / 255;
       let r = i, g = i, b = i;
       if (name === "gray_inverted") { r = g = b = 255 - i; }
-      else if (name === "hot") { r = 255 * Math.min(1, 3 * t); g = 255 * Math.max(0, Math.min(1, 3 * t - 1)); b = 255 * Math.max(0, 3 * t - 2); }
+      else if (name === "hot_iron") {  // black - red - orange - yellow - white, as on PET workstations
+        r = 255 * Math.min(1, t / 0.5); g = 255 * Math.max(0, Math.min(1, (t - 0.35) / 0.5)); b = 255 * Math.max(0, (t - 0.7) / 0.3);
+      }
       m[3 * i] = r; m[3 * i + 1] = g; m[3 * i + 2] = b;
     }
     return m;
@@ -52,6 +63,52 @@
     const digits = state.win.width < 20 ? 2 : 0;
     $("win-width").textContent = state.win.width.toFixed(digits);
     $("win-level").textContent = state.win.center.toFixed(digits);
+    $("colormap").value = state.win.colormap;
+    drawColorbar(digits);
+    // a preset button is lit only while the display is exactly that preset
+    document.querySelectorAll("#presets button").forEach((b, j) => {
+      const p = d.presets[j];
+      b.classList.toggle("on", p.center === state.win.center && p.width === state.win.width && p.colormap === state.win.colormap);
+    });
+  }
+
+  function drawColorbar(digits) {  // the colour scale in physical units (SUV, HU), as reading software shows it
+    const c = $("colorbar"), ctx = c.getContext("2d"), img = ctx.createImageData(256, 1);
+    for (let i = 0; i < 256; i++) {
+      img.data[4 * i] = cmap[3 * i]; img.data[4 * i + 1] = cmap[3 * i + 1]; img.data[4 * i + 2] = cmap[3 * i + 2]; img.data[4 * i + 3] = 255;
+    }
+    ctx.putImageData(img, 0, 0);
+    const unit = " " + state.display.unit;
+    $("cbar-lo").textContent = (state.win.center - state.win.width / 2).toFixed(digits) + unit;
+    $("cbar-hi").textContent = (state.win.center + state.win.width / 2).toFixed(digits) + unit;
+  }
+
+  function setupContextLut() {  // source volumes are shown in grey at their modality's first preset
+    const c = state.display.context;
+    if (!c) return;
+    const p = c.presets[0];
+    const lo = p.center - p.width / 2, k = 255 / p.width;
+    for (let u = 0; u < 65536; u++) ctxLut[u] = (c.offset + c.scale * u - lo) * k;
+  }
+
+  function setColormap(name) {
+    state.win.colormap = name;
+    updateLut();
+    renderAll();
+  }
+
+  // what each cell of a pane shows: the item's volume(s), or the source beside it
+  function cellSources() {
+    if (!state.vols) return [];
+    if (state.design === "2afc") return [{ vol: state.vols[0], ctx: false }, { vol: state.vols[1], ctx: false }];
+    const out = [{ vol: state.vols[0], ctx: false }];
+    if (state.sourceView && state.ctx) out.push({ vol: state.ctx, ctx: true });
+    return out;
+  }
+
+  function captions() {
+    if (state.design === "2afc") return ["Left", "Right"];
+    return state.sourceView && state.ctx ? ["Item", "Source"] : [""];
   }
 
   function viewSize(view) {
@@ -66,30 +123,58 @@
 
   function render(view) {
     const p = panes[view];
-    if (!state.vol) return;
+    const cells = cellSources();
+    if (!cells.length) return;
     const [w, h] = viewSize(view);
     const [nz, ny, nx] = state.dims;
-    const s = state.pos[view], vol = state.vol, out = p.img.data;
-    let o = 0;
-    for (let r = 0; r < h; r++) {
-      for (let c = 0; c < w; c++) {
-        let idx;
-        if (view === "axial") idx = (s * ny + r) * nx + c;                       // anterior up, patient right on the left
-        else if (view === "coronal") idx = ((nz - 1 - r) * ny + s) * nx + c;     // superior up
-        else idx = ((nz - 1 - r) * ny + c) * nx + s;                             // superior up, anterior left
-        const g = 3 * lut[vol[idx]];
-        out[o] = cmap[g]; out[o + 1] = cmap[g + 1]; out[o + 2] = cmap[g + 2]; out[o + 3] = 255;
-        o += 4;
+    const s = state.pos[view];
+    const fuse = state.fusion && state.ctx ? state.ctx : null;
+    const a = state.alpha;
+    cells.forEach((cell, k) => {
+      const c = p.cells[k], vol = cell.vol, out = c.img.data;
+      let o = 0;
+      for (let r = 0; r < h; r++) {
+        for (let col = 0; col < w; col++) {
+          let idx;
+          if (view === "axial") idx = (s * ny + r) * nx + col;                       // anterior up, patient right on the left
+          else if (view === "coronal") idx = ((nz - 1 - r) * ny + s) * nx + col;     // superior up
+          else idx = ((nz - 1 - r) * ny + col) * nx + s;                             // superior up, anterior left
+          if (cell.ctx) {
+            const g = ctxLut[vol[idx]];
+            out[o] = g; out[o + 1] = g; out[o + 2] = g;
+          } else if (fuse) {  // item in its colour map over the grey source; the lowest quarter of the window fades
+            const v = lut[vol[idx]], g = 3 * v, wa = a * FADE[v], base = (1 - wa) * ctxLut[fuse[idx]];  // into the CT
+            out[o] = base + wa * cmap[g]; out[o + 1] = base + wa * cmap[g + 1]; out[o + 2] = base + wa * cmap[g + 2];
+          } else {
+            const g = 3 * lut[vol[idx]];
+            out[o] = cmap[g]; out[o + 1] = cmap[g + 1]; out[o + 2] = cmap[g + 2];
+          }
+          out[o + 3] = 255;
+          o += 4;
+        }
       }
-    }
-    p.ctx.putImageData(p.img, 0, 0);
+      c.ctx.putImageData(c.img, 0, 0);
+    });
     p.label.textContent = (s + 1) + " / " + depth(view);
     p.slider.value = String(s);
     // crosshair: where the other two views cut this one
     const cx = view === "sagittal" ? state.pos.coronal : state.pos.sagittal;
     const cy = view === "axial" ? state.pos.coronal : nz - 1 - state.pos.axial;
-    p.chV.style.left = (100 * (cx + 0.5) / w) + "%";
-    p.chH.style.top = (100 * (cy + 0.5) / h) + "%";
+    p.cells.forEach((c) => {
+      c.chV.style.left = (100 * (cx + 0.5) / w) + "%";
+      c.chH.style.top = (100 * (cy + 0.5) / h) + "%";
+    });
+  }
+
+  function layoutCells() {  // one cell per shown volume, the same slice in each: scrolling stays in sync
+    const caps = captions();
+    VIEWS.forEach((view) => {
+      panes[view].cells.forEach((c, k) => {
+        c.wrap.hidden = k >= Math.max(1, caps.length);
+        c.cap.textContent = caps[k] || "";
+      });
+      fit(view);
+    });
   }
 
   function renderAll() { VIEWS.forEach(render); }
@@ -98,9 +183,13 @@
     const p = panes[view];
     if (!state.dims) return;
     const [w, h] = viewSize(view);
-    const f = Math.min(p.stage.clientWidth / w, p.stage.clientHeight / h);
-    p.wrap.style.width = Math.max(1, Math.floor(w * f)) + "px";
-    p.wrap.style.height = Math.max(1, Math.floor(h * f)) + "px";
+    const shown = p.cells.filter((c) => !c.wrap.hidden);
+    const avail = (p.stage.clientWidth - 6 * (shown.length - 1)) / shown.length;
+    const f = Math.min(avail / w, p.stage.clientHeight / h);
+    shown.forEach((c) => {
+      c.wrap.style.width = Math.max(1, Math.floor(w * f)) + "px";
+      c.wrap.style.height = Math.max(1, Math.floor(h * f)) + "px";
+    });
   }
 
   function setSlice(view, s) {
@@ -129,7 +218,6 @@
     state.preset = ((i % presets.length) + presets.length) % presets.length;
     const p = presets[state.preset];
     state.win = { center: p.center, width: p.width, colormap: p.colormap };
-    document.querySelectorAll("#presets button").forEach((b, j) => b.classList.toggle("on", j === state.preset));
     updateLut();
     renderAll();
   }
@@ -137,15 +225,18 @@
   function setupPanes() {
     VIEWS.forEach((view) => {
       const pane = document.querySelector('.pane[data-view="' + view + '"]');
-      const canvas = $("view-" + view);
-      const p = panes[view] = {
-        pane: pane, canvas: canvas, ctx: canvas.getContext("2d"), stage: pane.querySelector(".stage"),
-        wrap: pane.querySelector(".wrap"), slider: $("slider-" + view), label: $("label-" + view),
-        chH: pane.querySelector(".ch.h"), chV: pane.querySelector(".ch.v"), img: null, wheel: 0,
-      };
       const [w, h] = viewSize(view);
-      canvas.width = w; canvas.height = h;
-      p.img = p.ctx.createImageData(w, h);
+      const cells = Array.from(pane.querySelectorAll(".wrap")).map((wrap) => {
+        const canvas = wrap.querySelector("canvas");
+        canvas.width = w; canvas.height = h;
+        const ctx = canvas.getContext("2d");
+        return { wrap: wrap, canvas: canvas, ctx: ctx, img: ctx.createImageData(w, h), cap: wrap.querySelector(".cap"),
+                 chH: wrap.querySelector(".ch.h"), chV: wrap.querySelector(".ch.v") };
+      });
+      const p = panes[view] = {
+        pane: pane, stage: pane.querySelector(".stage"), cells: cells,
+        slider: $("slider-" + view), label: $("label-" + view), wheel: 0,
+      };
       p.slider.max = String(depth(view) - 1);
       p.slider.addEventListener("input", () => { setActive(view); setSlice(view, Number(p.slider.value)); });
       pane.addEventListener("mouseenter", () => setActive(view));
@@ -157,43 +248,69 @@
         const steps = Math.trunc(p.wheel / 40);
         if (steps !== 0) { p.wheel -= steps * 40; setSlice(view, state.pos[view] + steps); }
       }, { passive: false });
-      let drag = null;
-      p.wrap.addEventListener("pointerdown", (e) => {
-        drag = { x: e.clientX, y: e.clientY, c: state.win.center, w: state.win.width, moved: false };
-        p.wrap.setPointerCapture(e.pointerId);
-        setActive(view);
-      });
-      p.wrap.addEventListener("pointermove", (e) => {
-        if (!drag) return;
-        const dx = e.clientX - drag.x, dy = e.clientY - drag.y;
-        if (!drag.moved && Math.abs(dx) + Math.abs(dy) < 4) return;
-        drag.moved = true;
-        const step = drag.w / 250;
-        state.win.width = Math.max(1e-3, drag.w + dx * step);
-        state.win.center = drag.c + dy * step;
-        document.querySelectorAll("#presets button").forEach((b) => b.classList.remove("on"));
-        updateLut();
-        renderAll();
-      });
-      p.wrap.addEventListener("pointerup", (e) => {
-        if (drag && !drag.moved) {  // a click moves the crosshair to the clicked voxel
-          const rect = p.wrap.getBoundingClientRect();
-          const [w, h] = viewSize(view);
-          const c = Math.floor((e.clientX - rect.left) / rect.width * w);
-          const r = Math.floor((e.clientY - rect.top) / rect.height * h);
-          const nz = state.dims[0];
-          if (view === "axial") { state.pos.sagittal = c; state.pos.coronal = r; }
-          else if (view === "coronal") { state.pos.sagittal = c; state.pos.axial = nz - 1 - r; }
-          else { state.pos.coronal = c; state.pos.axial = nz - 1 - r; }
-          VIEWS.forEach((v) => { state.pos[v] = Math.max(0, Math.min(depth(v) - 1, state.pos[v])); });
+      cells.forEach((cell) => {
+        let drag = null;
+        cell.wrap.addEventListener("pointerdown", (e) => {
+          drag = { x: e.clientX, y: e.clientY, c: state.win.center, w: state.win.width, moved: false };
+          cell.wrap.setPointerCapture(e.pointerId);
+          setActive(view);
+        });
+        cell.wrap.addEventListener("pointermove", (e) => {
+          if (!drag) return;
+          const dx = e.clientX - drag.x, dy = e.clientY - drag.y;
+          if (!drag.moved && Math.abs(dx) + Math.abs(dy) < 4) return;
+          drag.moved = true;
+          const step = drag.w / 250;
+          state.win.width = Math.max(1e-3, drag.w + dx * step);
+          state.win.center = drag.c + dy * step;
+          document.querySelectorAll("#presets button").forEach((b) => b.classList.remove("on"));
+          updateLut();
           renderAll();
-        }
-        drag = null;
+        });
+        cell.wrap.addEventListener("pointerup", (e) => {
+          if (drag && !drag.moved) {  // a click moves the crosshair to the clicked voxel
+            const rect = cell.wrap.getBoundingClientRect();
+            const c = Math.floor((e.clientX - rect.left) / rect.width * w);
+            const r = Math.floor((e.clientY - rect.top) / rect.height * h);
+            const nz = state.dims[0];
+            if (view === "axial") { state.pos.sagittal = c; state.pos.coronal = r; }
+            else if (view === "coronal") { state.pos.sagittal = c; state.pos.axial = nz - 1 - r; }
+            else { state.pos.coronal = c; state.pos.axial = nz - 1 - r; }
+            VIEWS.forEach((v) => { state.pos[v] = Math.max(0, Math.min(depth(v) - 1, state.pos[v])); });
+            renderAll();
+          }
+          drag = null;
+        });
       });
     });
     new ResizeObserver(() => VIEWS.forEach(fit)).observe($("views"));
-    VIEWS.forEach(fit);
+    layoutCells();
     setActive("axial");
+  }
+
+  function setupSourceControls() {
+    $("colormap").addEventListener("change", () => setColormap($("colormap").value));
+    if (!state.display.context) return;
+    $("source-panel").hidden = false;
+    const petOverCt = state.display.modality === "PET" && state.display.context.modality === "CT";
+    $("fusion-row").hidden = !petOverCt;
+    $("source-view-row").hidden = state.design === "2afc";  // two volumes side by side already fill the panes
+    $("fusion").addEventListener("change", () => {
+      state.fusion = $("fusion").checked;
+      $("alpha-row").hidden = !state.fusion;
+      if (state.fusion && state.win.colormap === "gray_inverted") { state.win.colormap = "hot_iron"; updateLut(); }
+      renderAll();
+    });
+    $("fusion-alpha").addEventListener("input", () => {
+      state.alpha = Number($("fusion-alpha").value) / 100;
+      $("alpha-value").textContent = $("fusion-alpha").value + "%";
+      renderAll();
+    });
+    $("source-view").addEventListener("change", () => {
+      state.sourceView = $("source-view").checked;
+      layoutCells();
+      renderAll();
+    });
   }
 
   function setupPresets() {
@@ -222,10 +339,12 @@
     }
   });
 
-  function chooseAnswer(a) {
+  function chooseAnswer(a) {  // single design: "real" / "synthetic"; pairs: the side 0 (left) or 1 (right)
     state.answer = a;
     $("btn-real").classList.toggle("on", a === "real");
     $("btn-synthetic").classList.toggle("on", a === "synthetic");
+    $("btn-left").classList.toggle("on", a === 0);
+    $("btn-right").classList.toggle("on", a === 1);
     updateSubmit();
   }
 
@@ -236,7 +355,7 @@
   }
 
   function updateSubmit() {
-    $("submit").disabled = state.busy || !state.current || !state.answer || !state.confidence;
+    $("submit").disabled = state.busy || !state.current || state.answer === null || !state.confidence;
   }
 
   function updateProgress() {
@@ -253,13 +372,20 @@
   }
 
   async function submit() {
-    if (state.busy || !state.current || !state.answer || !state.confidence) return;
+    if (state.busy || !state.current || state.answer === null || !state.confidence) return;
     state.busy = true;
     updateSubmit();
+    const seconds = Math.round(visibleSeconds() * 1000) / 1000;
     const body = {
-      item: state.current, answer: state.answer, confidence: state.confidence,
-      comment: $("comment").value.trim(), time_on_item_s: Math.round(visibleSeconds() * 1000) / 1000,
+      item: state.current, confidence: state.confidence, comment: $("comment").value.trim(), time_on_item_s: seconds,
+      display: {  // the settings on screen when the answer was given
+        window_center: state.win.center, window_width: state.win.width, colormap: state.win.colormap,
+        fusion: !!(state.fusion && state.ctx), fusion_alpha: state.alpha,
+        source_view: !!(state.sourceView && state.ctx && state.design !== "2afc"), time_s: seconds,
+      },
     };
+    if (state.design === "2afc") body.pick = state.pairs[state.current][state.answer];
+    else body.answer = state.answer;
     try {
       const r = await api("/api/answer", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
       if (r.status === 201 || r.status === 409) {  // 409: already saved earlier (e.g. a second tab)
@@ -281,12 +407,19 @@
     updateSubmit();
   }
 
-  async function fetchItem(id) {
+  async function fetchVolume(id) {
     const r = await api("/api/item/" + encodeURIComponent(id));
     if (!r.ok) throw new Error("the volume could not be loaded (HTTP " + r.status + ")");
     const vol = new Uint16Array(await r.arrayBuffer());
     if (vol.length !== state.dims[0] * state.dims[1] * state.dims[2]) throw new Error("the volume arrived incomplete");
     return vol;
+  }
+
+  async function fetchItem(id) {  // the item's volume(s) and its source volume, fetched together
+    const ids = state.design === "2afc" ? state.pairs[id] : [id];
+    const ctxId = state.contexts ? state.contexts[id] : null;
+    const all = await Promise.all(ids.concat(ctxId ? [ctxId] : []).map(fetchVolume));
+    return { vols: all.slice(0, ids.length), ctx: ctxId ? all[ids.length] : null };
   }
 
   async function showNext() {
@@ -300,15 +433,16 @@
     }
     const id = state.queue[0];
     $("loading").hidden = false;
-    let vol;
+    let got;
     try {
-      vol = state.prefetch && state.prefetch.id === id ? await state.prefetch.promise : await fetchItem(id);
+      got = state.prefetch && state.prefetch.id === id ? await state.prefetch.promise : await fetchItem(id);
     } catch (e) {
       message("Loading failed", "Sorry, " + e.message + ". Reload the page to try again; your answers so far are saved.");
       return;
     }
     state.prefetch = null;
-    state.vol = vol;
+    state.vols = got.vols;
+    state.ctx = got.ctx;
     state.current = id;
     state.pos = { axial: Math.floor(state.dims[0] / 2), coronal: Math.floor(state.dims[1] / 2), sagittal: Math.floor(state.dims[2] / 2) };
     renderAll();
@@ -340,8 +474,11 @@
     else if (k === "PageDown") setSlice(v, state.pos[v] - 10);
     else if (k === "Home") setSlice(v, 0);
     else if (k === "End") setSlice(v, depth(v) - 1);
-    else if (k === "r" || k === "R") chooseAnswer("real");
-    else if (k === "s" || k === "S") chooseAnswer("synthetic");
+    else if (state.design === "2afc" && (k === "l" || k === "L")) chooseAnswer(0);
+    else if (state.design === "2afc" && (k === "r" || k === "R")) chooseAnswer(1);
+    else if (state.design !== "2afc" && (k === "r" || k === "R")) chooseAnswer("real");
+    else if (state.design !== "2afc" && (k === "s" || k === "S")) chooseAnswer("synthetic");
+    else if (k === "c" || k === "C") setColormap(COLORMAPS[(COLORMAPS.indexOf(state.win.colormap) + 1) % COLORMAPS.length]);
     else if (k >= "1" && k <= "5" && k.length === 1) chooseConfidence(Number(k));
     else if (k === "p" || k === "P") applyPreset(state.preset + 1);
     else if (k === "x" || k === "X") $("views").classList.toggle("no-crosshair");
@@ -367,6 +504,16 @@
     const s = await r.json();
     state.display = s.display;
     state.dims = s.display.shape;
+    state.design = s.design || "single";
+    state.pairs = s.volumes || null;
+    state.contexts = s.context || null;
+    if (state.design === "2afc") {
+      $("question").textContent = "Which volume is real?";
+      $("choice-single").hidden = true;
+      $("choice-2afc").hidden = false;
+    }
+    setupContextLut();
+    setupSourceControls();
     state.items = s.items;
     const answered = new Set(s.answered);
     state.queue = s.items.filter((i) => !answered.has(i));
@@ -378,6 +525,8 @@
     updateProgress();
     $("btn-real").addEventListener("click", () => chooseAnswer("real"));
     $("btn-synthetic").addEventListener("click", () => chooseAnswer("synthetic"));
+    $("btn-left").addEventListener("click", () => chooseAnswer(0));
+    $("btn-right").addEventListener("click", () => chooseAnswer(1));
     document.querySelectorAll("#confidence button").forEach((b) => b.addEventListener("click", () => chooseConfidence(Number(b.dataset.conf))));
     $("submit").addEventListener("click", submit);
     await showNext();
