@@ -53,7 +53,7 @@ class TrainSettings:
     save_every: int = DEFAULT_SAVE_EVERY
     overrides: dict[str, Any] = field(default_factory=dict)
     augmentation: AugmentationSettings = AugmentationSettings()
-    gpu_augmentation: bool | None = None  # None: on for CUDA (workers then only read; see augment_torch)
+    gpu_augmentation: bool | None = None  # None: off until measured faster on a GPU (documentation/performance.md)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -185,7 +185,9 @@ def resolve(settings: TrainSettings, plans: Plans, cfg: Configuration) -> TrainS
     if workers is None:
         env = os.environ.get("autotrans_n_proc_DA")
         workers = int(env) if env else min(max((os.cpu_count() or 2) - 1, 1), 12)
-    gpu_aug = settings.gpu_augmentation if settings.gpu_augmentation is not None else settings.device.startswith("cuda")
+    # off by default: its workers still ship whole read regions, which cost more CPU than augmenting there
+    # (documentation/performance.md); on only when asked, until a GPU run shows it faster
+    gpu_aug = bool(settings.gpu_augmentation)
     iterations = int(settings.iterations or plan.get("iterations_per_epoch", DEFAULT_ITERATIONS))
     if settings.val_iterations is not None:
         val_iterations = int(settings.val_iterations)
