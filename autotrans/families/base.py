@@ -148,6 +148,12 @@ class Family(ABC):
             sched.step()
         self.epoch = epoch + 1
 
+    def paired_inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(source, target, mask)`` of a paired batch on this family's device (``mask`` None when absent)."""
+        mask = batch.get("mask")
+        return (batch["source"].to(self.device), batch["target"].to(self.device),
+                None if mask is None else mask.to(self.device))
+
     def autocast(self) -> contextlib.AbstractContextManager:
         """Mixed precision for forward passes when the engine enabled it; a no-op otherwise."""
         if self.autocast_dtype is None:

@@ -102,13 +102,8 @@ class Pix2PixFamily(Family):
         super().load_train_state_dict(state)
         sync_scheduled_lrs(self._schedulers)
 
-    def _inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        mask = batch.get("mask")
-        return (batch["source"].to(self.device), batch["target"].to(self.device),
-                None if mask is None else mask.to(self.device))
-
     def train_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
-        src, tgt, mask = self._inputs(batch)
+        src, tgt, mask = self.paired_inputs(batch)
         lambda_l1 = float(self.hparam("lambda_l1", DEFAULTS["lambda_l1"]))
         with self.autocast():
             fake = self.generator(src)
@@ -136,7 +131,7 @@ class Pix2PixFamily(Family):
                 "loss_d": loss_d.item()}
 
     def validation_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        src, tgt, mask = self._inputs(batch)
+        src, tgt, mask = self.paired_inputs(batch)
         with evaluating([self.generator, self.discriminator]), self.autocast():
             fake = self.generator(src)
             loss_adv = lsgan_loss(self.discriminator(torch.cat([src, fake], dim=1)), True)

@@ -109,11 +109,6 @@ class RegressionFamily(Family):
         super().load_train_state_dict(state)
         sync_scheduled_lrs(self._schedulers)
 
-    def _inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        mask = batch.get("mask")
-        return (batch["source"].to(self.device), batch["target"].to(self.device),
-                None if mask is None else mask.to(self.device))
-
     def loss(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None
              ) -> tuple[torch.Tensor, dict[str, float]]:
         """The regression loss and its terms (only the terms whose weight is on are computed)."""
@@ -135,7 +130,7 @@ class RegressionFamily(Family):
         return total, terms
 
     def train_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
-        src, tgt, mask = self._inputs(batch)
+        src, tgt, mask = self.paired_inputs(batch)
         with self.autocast():
             pred = self.generator(src)
         total, terms = self.loss(pred, tgt, mask)
@@ -143,7 +138,7 @@ class RegressionFamily(Family):
         return terms
 
     def validation_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        src, tgt, mask = self._inputs(batch)
+        src, tgt, mask = self.paired_inputs(batch)
         with evaluating([self.generator]), self.autocast():
             pred = self.generator(src)
         return self.loss(pred, tgt, mask)[1]

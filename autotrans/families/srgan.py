@@ -163,11 +163,6 @@ class SRGANFamily(Family):
         super().load_train_state_dict(state)
         sync_scheduled_lrs(self._schedulers)
 
-    def _inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        mask = batch.get("mask")
-        return (batch["source"].to(self.device), batch["target"].to(self.device),
-                None if mask is None else mask.to(self.device))
-
     def _perceptual(self, real: torch.Tensor, fake: torch.Tensor, real_feats: list[torch.Tensor],
                     fake_feats: list[torch.Tensor]) -> torch.Tensor:
         """D-feature matching, or the user's feature network when ``perceptual_weights`` was given."""
@@ -185,7 +180,7 @@ class SRGANFamily(Family):
         return 0.5 * (bce_loss(real_logits, True) + bce_loss(fake_logits, False))
 
     def train_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
-        src, tgt, mask = self._inputs(batch)
+        src, tgt, mask = self.paired_inputs(batch)
         hp = self.resolved_hparams()
         with self.autocast():
             fake = self.generator(src)
@@ -217,7 +212,7 @@ class SRGANFamily(Family):
                 "loss_perceptual": perc.item(), "loss_d": loss_d.item()}
 
     def validation_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        src, tgt, mask = self._inputs(batch)
+        src, tgt, mask = self.paired_inputs(batch)
         with evaluating([self.generator, self.discriminator]), self.autocast():
             fake = self.generator(src)
             adv = self._adversarial(self.discriminator(tgt), self.discriminator(fake), for_g=True)
