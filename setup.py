@@ -15,15 +15,21 @@ CONSOLE_SCRIPTS = [
     "autotrans_simulate_cbct=autotrans.cli.simulate_cbct:main",
     "autotrans_convert=autotrans.cli.convert:main",
     "autotrans_dicom2nifti=autotrans.cli.dicom2nifti:main",
+    "autotrans_nifti2dicom=autotrans.cli.nifti2dicom:main",
     "autotrans_train=autotrans.cli.train:main",
     "autotrans_predict=autotrans.cli.predict:main",
     "autotrans_export_model=autotrans.cli.export_model:main",
     "autotrans_install_model=autotrans.cli.install_model:main",
     "autotrans_evaluate=autotrans.cli.evaluate:main",
+    "autotrans_dose=autotrans.cli.dose:main",
     "autotrans_benchmark=autotrans.cli.benchmark:main",
     "autotrans_demo=autotrans.cli.demo:main",
     "autotrans_turing=autotrans.cli.turing:main",
 ]
+
+# Dose evaluation (autotrans_dose): pyRadPlan's pencil-beam engines ship their machine data in the wheel. Optional
+# because its dependency tree is heavy. pyRadPlan 0.5 crashes in its beamlet serializer with pydantic 2.14.
+DOSE = ["pyRadPlan>=0.5,<0.6", "pydantic<2.14"]
 
 setup(
     name="autotrans",
@@ -61,7 +67,10 @@ setup(
         "monai>=1.4",  # AutoencoderKL, DiffusionModelUNet, ControlNet, PatchDiscriminator, DDPM/DDIM (latent models)
     ],
     extras_require={
-        "test": ["pytest>=7", "nnunetv2>=2.5", "selenium>=4.10", "torchmetrics>=1.0", "statsmodels>=0.13"],
+        "dose": DOSE,
+        # the tests run every feature, dose included; pymedphys' gamma is the reference ours is tested against
+        "test": ["pytest>=7", "nnunetv2>=2.5", "selenium>=4.10", "torchmetrics>=1.0", "statsmodels>=0.13",
+                 "pymedphys>=0.39", *DOSE],
     },
     entry_points={"console_scripts": CONSOLE_SCRIPTS},
     classifiers=[

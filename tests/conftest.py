@@ -17,7 +17,7 @@ import pytest
 import SimpleITK as sitk
 
 from autotrans.dataset.demo import demo_data_dir
-from tests.paths import SHARED_DATA, SHARED_DATA_ENV, SHARED_DATA_WHERE
+from tests.paths import SHARED_DATA, SHARED_DATA_ENV, SHARED_DATA_WHERE, fixture_file
 
 FULL_DATA_SKIP = (f"full_data: full-resolution real data absent ({SHARED_DATA_WHERE}); CI places ../shared "
                   f"beside the clone, or set {SHARED_DATA_ENV}=/path/to/shared/data")
@@ -115,3 +115,27 @@ def write_dataset_json(folder: Path, **overrides) -> None:
     d.update(overrides)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "dataset.json").write_text(json.dumps(d))
+
+
+@pytest.fixture
+def cbct_roots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Dataset031_SimCBCTPelvis: two 6 cm slabs of the real pelvis CT crop with CBCT simulated from them (not
+    real CBCT), for the benchmark's dose and segmentation-consistency tests (baselines: no training)."""
+    from autotrans.dataset.cbct import build_simulated_cbct_dataset
+    from autotrans.io import read_image, write_image
+    from autotrans.io.image_io import Geometry
+
+    for var in ("autotrans_raw", "autotrans_preprocessed", "autotrans_results"):
+        (tmp_path / var).mkdir()
+        monkeypatch.setenv(var, str(tmp_path / var))
+    ct, geo = read_image(fixture_file("ccth_a01/pelvis_ct.nii.gz"))
+    body = read_image(fixture_file("ccth_a01/pelvis_body.nii.gz"), dtype=np.uint8)[0]
+    cts = []
+    for i, rows in enumerate((slice(0, 20), slice(20, 40))):  # two 6 cm slabs of the pelvis: two cases
+        origin = np.asarray(geo.origin) + np.asarray(geo.direction).reshape(3, 3) @ [0, 0, rows.start * geo.spacing[2]]
+        g = Geometry((geo.size[0], geo.size[1], 20), geo.spacing, tuple(origin), geo.direction)
+        write_image(ct[rows].astype(np.int16), g, tmp_path / f"ct{i}.nii.gz")
+        write_image(body[rows], g, tmp_path / f"body{i}.nii.gz")
+        cts.append((f"pelvis{i}", tmp_path / f"ct{i}.nii.gz", tmp_path / f"body{i}.nii.gz"))
+    build_simulated_cbct_dataset(cts, 31, "SimCBCTPelvis")
+    return tmp_path

@@ -79,7 +79,7 @@ def predict(task: Task, baseline: Any, cases: list[Any]) -> dict[str, Any]:
 def run_baseline_task(task: Task) -> dict[str, Any]:
     """Fit, predict, evaluate one baseline task (each stage skipped when done); write ``result.json``."""
     from autotrans.baselines import BaselineNotApplicable, get_baseline
-    from autotrans.benchmark.runner import evaluate, fold_cases
+    from autotrans.benchmark.runner import clinical_evaluations, evaluate, fold_cases
     from autotrans.planning.planner import plans_hash
 
     task.folder.mkdir(parents=True, exist_ok=True)
@@ -100,6 +100,7 @@ def run_baseline_task(task: Task) -> dict[str, Any]:
     cases = fold_cases(task)
     inference = predict(task, baseline, cases)
     evaluation = evaluate(task, cases)
+    extra = clinical_evaluations(task, plans)
     training = {"epochs": 0, "iterations_per_epoch": 0, "total_iterations": 0, "planned_epochs": 0,
                 "val_iterations": None, "batch_size": None, "seed": None, "device": "cpu", "num_gpus": None,
                 "plans_sha1": plans_hash(plans.data), "hours": fitted["wall_s"] / 3600.0, "validation_hours": None,
@@ -114,7 +115,7 @@ def run_baseline_task(task: Task) -> dict[str, Any]:
         "evaluation": "evaluation.json",
         "evaluation_lesions": ("evaluation_lesions.json" if (task.folder / "evaluation_lesions.json").is_file()
                                else None),
-        "aggregate": evaluation.get("aggregate", {}), "training": training, "inference": inference,
+        "aggregate": evaluation.get("aggregate", {}), **extra, "training": training, "inference": inference,
     }
     save_json(result, task.result_file)
     return result

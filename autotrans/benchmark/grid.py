@@ -46,6 +46,9 @@ class GridSpec:
     tta: bool = True  # mirror test-time augmentation (where trained with mirroring) in validation and prediction
     planner: PlannerOptions = field(default_factory=PlannerOptions)  # only for datasets not planned yet
     num_processes: int = 2
+    dose: tuple[str, ...] = ()  # beam types of the dose evaluation (CT targets only; needs autotrans[dose])
+    dose_grid_mm: float = 3.0
+    segmenter: str | None = None  # segmentation-consistency model (nnU-Net v2 results folder or totalsegmentator)
 
     def tasks(self) -> list["Task"]:
         return [Task(self, d, m, f) for d in self.datasets for m in self.models for f in self.folds]
@@ -188,6 +191,25 @@ def check_budget(**values: int | None) -> None:
             raise ConfigurationError(f"--{name} {v}: must be >= {0 if name == 'val_iterations' else 1}")
 
 
+def check_dose(dose: tuple[str, ...], datasets: tuple[str, ...], dose_grid_mm: float) -> None:
+    """``--dose`` needs pyRadPlan and at least one dataset with a CT target; checked before anything runs."""
+    if not dose:
+        return
+    from autotrans.dataset.format import load_dataset_json
+    from autotrans.dose.engine import DoseSettings, require_pyradplan
+
+    for m in dose:
+        DoseSettings(modality=m, dose_grid_mm=dose_grid_mm)
+    require_pyradplan()
+    targets = {d: load_dataset_json(raw_root() / d).target.modality.upper() for d in datasets}
+    if "CT" not in targets.values():
+        raise ConfigurationError("--dose evaluates synthetic CT, but no dataset has a CT target ("
+                                 + ", ".join(f"{d}: {t}" for d, t in targets.items()) + ")")
+    for d, t in targets.items():
+        if t != "CT":
+            logger.warning("%s: target %s, not CT: no dose evaluation for this dataset", d, t)
+
+
 def make_grid(datasets: list[str], models: list[str], folds: list[str], output: str | Path | None = None,
               **kwargs: Any) -> GridSpec:
     """Validate every input (one-line ``ConfigurationError`` on the first problem) and build the grid.
@@ -205,6 +227,11 @@ def make_grid(datasets: list[str], models: list[str], folds: list[str], output: 
     from autotrans.training.settings import check_device
 
     check_device(kwargs.get("device", "cuda"), 1)
+    check_dose(tuple(kwargs.get("dose") or ()), names, kwargs.get("dose_grid_mm", 3.0))
+    if kwargs.get("segmenter"):  # folder, plans, folds, checkpoint: checked without loading the model
+        from autotrans.evaluation.segmentation import make_segmenter
+
+        make_segmenter(kwargs["segmenter"], device=kwargs.get("device", "cuda"))
     out = Path(output) if output is not None else results_root() / "benchmark"
     if out.exists() and not out.is_dir():
         raise ConfigurationError(f"output {out} exists and is not a folder")

@@ -47,14 +47,26 @@ def task_folder(output: Path, r: dict[str, Any]) -> Path:
 
 
 def pool(output: Path, results: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
-    """dataset -> model -> {cases: {case: metrics}, lesions: [rows], tasks: [results]} (folds pooled by case)."""
+    """dataset -> model -> {cases: {case: metrics}, lesions: [rows], tasks: [results], dose_cases: {case: dose
+    metrics}, dose: [dose.json per fold], seg_cases: {case: segmentation-consistency metrics}, segmentation:
+    [segmentation sections per fold]} (folds pooled by case)."""
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for r in results:
         if r.get("skipped"):  # a baseline that makes no sense for this dataset: a note, no row
             continue
-        entry = out.setdefault(r["dataset"], {}).setdefault(r["model"], {"cases": {}, "lesions": [], "tasks": []})
+        entry = out.setdefault(r["dataset"], {}).setdefault(
+            r["model"], {"cases": {}, "lesions": [], "tasks": [], "dose_cases": {}, "dose": [], "seg_cases": {},
+                         "segmentation": []})
         folder = task_folder(output, r)
         entry["cases"].update(load_results(folder / r["evaluation"])["cases"])  # strict JSON back to inf/NaN
+        if r.get("dose"):
+            dose = load_results(folder / r["dose"])
+            entry["dose_cases"].update(dose["cases"])
+            entry["dose"].append(dose)
+        if r.get("segmentation"):
+            seg = load_results(folder / r["segmentation"])
+            entry["seg_cases"].update(seg["cases"])
+            entry["segmentation"].append(seg["segmentation"])
         if r.get("evaluation_lesions"):
             for case, rows in load_results(folder / r["evaluation_lesions"]).get("lesions", {}).items():
                 entry["lesions"] += [{"case": case, **row} for row in rows]
@@ -110,34 +122,51 @@ def small_n_note(models: dict[str, dict[str, Any]]) -> str | None:
 
 
 def statistics_blocks(dataset: str, models: dict[str, dict[str, Any]], files: Path,
-                      stats_out: dict[str, Any]) -> list[Block]:
-    """Friedman / Nemenyi CD diagram / Wilcoxon-Holm on the cases every model predicted (folds pooled)."""
+                      stats_out: dict[str, Any], metrics: list[str] | None = None, cases_key: str = "cases",
+                      labels: dict[str, str] | None = None, title: str = "Statistics across models",
+                      stats_key: str | None = None) -> list[Block]:
+    """Friedman / Nemenyi CD diagram / Wilcoxon-Holm on the cases every model predicted (folds pooled).
+
+    The image metrics by default; the dose section passes its own ``metrics`` (from ``cases_key``), ``labels``
+    and ``stats_key`` (its entry under the dataset in statistics.json), so every section is tested alike."""
     from autotrans.evaluation.statistics import compare_runs, draw_cd_diagram
 
+    metrics = METRICS if metrics is None else metrics
+    labels = {**figures.METRIC_LABELS, **(labels or {})}
     names = list(models)
     baselines = baseline_names(models)
-    common = sorted(set.intersection(*[set(e["cases"]) for e in models.values()])) if names else []
-    blocks: list[Block] = [("h3", "Statistics across models")]
+    common = sorted(set.intersection(*[set(e[cases_key]) for e in models.values()])) if names else []
+    blocks: list[Block] = [("h3", title)]
+
+    def store(value: Any, metric: str | None = None) -> None:
+        slot = stats_out.setdefault(dataset, {})
+        if stats_key is not None:
+            slot = slot.setdefault(stats_key, {})
+        if metric is None:
+            slot.update(value)
+        else:
+            slot[metric] = value
+
     if len(names) < 2 or len(common) < 2:
         reason = (f"needs at least 2 models and 2 cases that every model predicted; this run has {len(names)} "
                   f"model(s) and {len(common)} shared case(s)")
         blocks.append(("p", f"Not computed: {reason}."))
-        stats_out[dataset] = {"skipped": reason, "n_models": len(names), "n_cases": len(common)}
+        store({"skipped": reason, "n_models": len(names), "n_cases": len(common)})
         return blocks
     blocks.append(("p", f"{len(common)} cases pooled over folds. Friedman and the Nemenyi critical-difference "
                    "diagram need 3 or more models; pairwise Wilcoxon signed-rank tests are Holm-corrected per "
                    "metric; effect size: matched-pairs rank-biserial correlation (+1: A larger on every case)."))
-    for metric in METRICS:
-        runs = [{"standard": "autotrans", "cases": {c: models[m]["cases"][c] for c in common},
+    for metric in metrics:
+        runs = [{"standard": "autotrans", "cases": {c: models[m][cases_key][c] for c in common},
                  "aggregate": {metric: {}}} for m in names]
+        label = labels.get(metric, metric)
         try:
             res = compare_runs(runs, names=names, metrics=[metric])["metrics"][metric]
         except AutotransError as e:
-            blocks.append(("p", f"{figures.METRIC_LABELS[metric]}: not computed ({str(e).splitlines()[0]})"))
-            stats_out.setdefault(dataset, {})[metric] = {"skipped": str(e).splitlines()[0], "n_cases": len(common)}
+            blocks.append(("p", f"{label}: not computed ({str(e).splitlines()[0]})"))
+            store({"skipped": str(e).splitlines()[0], "n_cases": len(common)}, metric)
             continue
-        stats_out.setdefault(dataset, {})[metric] = res
-        label = figures.METRIC_LABELS[metric]
+        store(res, metric)
         fr = res.get("friedman")
         head = f"{label} ({res['direction']}, n = {res['n_cases']})"
         if fr is not None:
@@ -152,12 +181,102 @@ def statistics_blocks(dataset: str, models: dict[str, dict[str, Any]], files: Pa
                          fmt(w["p"], 3), fmt(w["p_holm"], 3), fmt(w["rank_biserial"], 3),
                          "yes" if w["significant"] else "no"] for w in res["wilcoxon"]]))
         if fr is not None:
-            png = files / f"{dataset}_cd_{metric}.png"
+            png = files / f"{dataset}_cd_{metric.replace('%', 'pct')}.png"
             try:
                 draw_cd_diagram(res, metric, png)
                 blocks.append(("img", png, f"{dataset}: critical-difference diagram, {label}"))
             except Exception as e:  # a plotting failure must not cost the whole report
                 logger.warning("%s %s: CD diagram failed: %s", dataset, metric, e)
+    return blocks
+
+
+#: dose table columns per beam type: metric suffix -> header (↑/↓: which way is better)
+DOSE_COLUMNS = {
+    "gamma_3%3mm": "γ 3%/3mm (%) ↑", "gamma_2%2mm": "γ 2%/2mm (%) ↑", "gamma_1%1mm": "γ 1%/1mm (%) ↑",
+    "target_D95_absdiff_pct": "target |ΔD95| (% Rx) ↓", "target_Dmean_absdiff_pct": "target |ΔDmean| (% Rx) ↓",
+    "cutoff_mae_pct": "MAE > 10% dose (% Rx) ↓",
+}
+#: the dose metrics tested across models (one pass rate, one DVH point per beam type)
+DOSE_TESTED = ("gamma_2%2mm", "target_D95_absdiff_pct")
+
+
+def dose_blocks(dataset: str, models: dict[str, dict[str, Any]], files: Path,
+                stats_out: dict[str, Any]) -> list[Block]:
+    """Dose of every model's synthetic CTs: pass rates and DVH differences per beam type, then the statistics."""
+    with_dose = {m: e for m, e in models.items() if e.get("dose")}
+    if not with_dose:
+        return []
+    baselines = baseline_names(models)
+    first = next(iter(with_dose.values()))["dose"][0]
+    settings = first.get("settings", [])
+    targets = sorted({d.get("target", "") for e in with_dose.values() for r in e["dose"]
+                      for c in r.get("case_details", {}).values() for d in c.values() if isinstance(d, dict)})
+    blocks: list[Block] = [("h3", "Dose: plan on the real CT, recompute on the synthetic CT")]
+    desc = "; ".join(f"{s['modality']}: {s['engine']}, gantry {', '.join(f'{a:g}' for a in s['gantry_angles'])}°, "
+                     f"{s['dose_grid_mm']:g} mm dose grid, target mean {s['prescription_gy']:g} Gy (Rx)"
+                     for s in settings)
+    blocks.append(("p", f"Per case, a plan is optimised on the real CT and the same beams and weights are recomputed "
+                   f"on each model's synthetic CT (the SynthRAD protocol; plans shared by all models). {desc}. "
+                   f"Target: {'; '.join(t for t in targets if t) or 'see dose.json'}. Global gamma against the "
+                   "real-CT dose with a 10 % low-dose cut-off; DVH differences in percent of the prescription. "
+                   "Pencil-beam engines, not Monte Carlo: see documentation/dose.md for the limits."))
+    missing = [m for m in models if m not in with_dose]
+    if missing:
+        blocks.append(("p", f"No dose for {', '.join(missing)} (not evaluated)."))
+    for s in settings:
+        beam = s["modality"]
+        cols = [f"{beam}_{k}" for k in DOSE_COLUMNS]
+        rows = []
+        for m, e in with_dose.items():
+            row = [model_label(m, baselines), str(len(e["dose_cases"]))]
+            for col in cols:
+                v = np.array([c[col] for c in e["dose_cases"].values() if c.get(col) is not None], dtype=float)
+                row.append(summary_cell(v, MIN_BOX_N))
+            rows.append(row)
+        blocks.append(("p", f"{beam.capitalize()}:"))
+        blocks.append(("table", ["model", "n (cases)", *DOSE_COLUMNS.values()], rows))
+    tested = [f"{s['modality']}_{k}" for s in settings for k in DOSE_TESTED]
+    labels = {f"{s['modality']}_{k}": f"{s['modality']} {DOSE_COLUMNS[k].rsplit(' ', 1)[0]}"
+              for s in settings for k in DOSE_COLUMNS}
+    blocks += statistics_blocks(dataset, with_dose, files, stats_out, metrics=tested, cases_key="dose_cases",
+                                labels=labels, title="Dose: statistics across models", stats_key="dose")
+    return blocks
+
+
+def segmentation_blocks(dataset: str, models: dict[str, dict[str, Any]], files: Path,
+                        stats_out: dict[str, Any]) -> list[Block]:
+    """Segmentation consistency: Dice and HD95 between the segmenter's output on the real and on the synthetic
+    volume, per label and averaged over labels, then the statistics on the two averages."""
+    with_seg = {m: e for m, e in models.items() if e.get("segmentation")}
+    if not with_seg:
+        return []
+    baselines = baseline_names(models)
+    section = next(iter(with_seg.values()))["segmentation"][0]
+    desc = section["segmenter"]
+    labels = list(section["labels"].values())
+    who = (f"nnU-Net v2 model {desc.get('name', desc.get('path', ''))} (folds {desc.get('folds')})"
+           if desc.get("kind") == "nnunet" else f"TotalSegmentator task {desc.get('task')}")
+    blocks: list[Block] = [("h3", "Segmentation consistency"),
+                           ("p", f"The {who} segments each real and each synthetic volume; the real volume's "
+                            "segmentation is the reference. Dice ↑ and HD95 (mm, symmetric 95th percentile of "
+                            "surface distances) ↓ per label; the means are over the labels present in a case "
+                            "(a label absent from both is left out, one absent from the synthetic volume counts "
+                            "Dice 0). The segmenter's own errors on real data are part of what this measures.")]
+    show = labels if len(labels) <= 6 else []
+    rows = []
+    for m, e in with_seg.items():
+        row = [model_label(m, baselines), str(len(e["seg_cases"]))]
+        for col in ["seg_dice_mean", "seg_hd95_mean", *[f"seg_dice_{lb}" for lb in show]]:
+            v = np.array([c[col] for c in e["seg_cases"].values() if c.get(col) is not None], dtype=float)
+            row.append(summary_cell(v, MIN_BOX_N))
+        rows.append(row)
+    blocks.append(("table", ["model", "n (cases)", "mean Dice ↑", "mean HD95 (mm) ↓",
+                             *[f"Dice {lb} ↑" for lb in show]], rows))
+    blocks += statistics_blocks(dataset, with_seg, files, stats_out, metrics=["seg_dice_mean", "seg_hd95_mean"],
+                                cases_key="seg_cases",
+                                labels={"seg_dice_mean": "mean Dice", "seg_hd95_mean": "mean HD95 (mm)"},
+                                title="Segmentation consistency: statistics across models",
+                                stats_key="segmentation")
     return blocks
 
 
@@ -357,6 +476,8 @@ def build_blocks(output: Path, results: list[dict[str, Any]], stats_out: dict[st
                      + "; each panel says whether higher or lower is better and its n; axes from 0 (SSIM and "
                      "MS-SSIM: 0 to 1; PSNR from 0 dB)" + ("; grey: baselines" if baselines else "")))
         body += statistics_blocks(dataset, models, files, stats_out)
+        body += dose_blocks(dataset, models, files, stats_out)
+        body += segmentation_blocks(dataset, models, files, stats_out)
         body += lesion_blocks(models)
         body += slice_block(dataset, models, output, files)
     opening = [headline(d, models, stats_out, skipped.get(d, [])) for d, models in pooled.items()]

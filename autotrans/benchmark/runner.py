@@ -246,6 +246,58 @@ def evaluate(task: Task, cases: list[Any]) -> dict[str, Any]:
     return evaluate_folders(ref, pred, masks, None, plans.target_modality, "autotrans", out_json, **kw)
 
 
+def evaluate_dose(task: Task, plans: Any) -> dict[str, Any] | None:
+    """Dose of the task's predictions (CT targets, ``--dose``): plans optimised once per case under the grid's
+    ``dose_plans/`` and reused by every model, so each model's synthetic CT meets exactly the same beams."""
+    if not task.grid.dose or plans.target_modality.upper() != "CT":
+        return None
+    out_json = task.folder / "dose.json"
+    if out_json.is_file():
+        return load_json(out_json)
+    from autotrans.dose.evaluate import evaluate_dose as run_dose
+
+    masks = task.folder / "masks"
+    return run_dose(task.folder / "reference", task.folder / "predictions", out_json, task.grid.dose,
+                    mask=masks if masks.is_dir() else None, settings={"dose_grid_mm": task.grid.dose_grid_mm},
+                    cache_dir=task.grid.output / "dose_plans" / task.dataset)
+
+
+def evaluate_segmentation(task: Task, plans: Any) -> dict[str, Any] | None:
+    """Segmentation consistency of the task's predictions (``--segmenter``): the segmenter runs on each reference
+    (cached under the grid's ``segmentation/``, shared by every model) and on each prediction. The result file
+    has an evaluation result's shape ("cases" of rankable metrics), so the report ranks models on it."""
+    if not task.grid.segmenter:
+        return None
+    out_json = task.folder / "segmentation.json"
+    if out_json.is_file():
+        return load_json(out_json)
+    from autotrans.evaluation.folders import pair_cases, summarize, write_results
+    from autotrans.evaluation.segmentation import make_segmenter, segmentation_consistency
+
+    seg = make_segmenter(task.grid.segmenter, device=task.grid.device, modality=plans.target_modality,
+                         use_mirroring=task.grid.tta)
+    pairs = pair_cases(task.folder / "reference", task.folder / "predictions")
+    section = segmentation_consistency(pairs, seg, task.grid.output / "segmentation" / task.dataset,
+                                       f"{task.model_key}_fold_{task.fold}")
+    cases = {case: {"seg_dice_mean": section["case_mean"][case]["dice"],
+                    "seg_hd95_mean": section["case_mean"][case]["hd95"],
+                    **{f"seg_{m}_{label}": row[m] for label, row in labels.items() for m in ("dice", "hd95")}}
+             for case, labels in section["cases"].items()}
+    names = list(next(iter(cases.values())))
+    result = {"standard": "segmentation", "modality": plans.target_modality, "cases": cases,
+              "aggregate": {k: summarize([c[k] for c in cases.values()]) for k in names}, "segmentation": section}
+    write_results(result, out_json)
+    return result
+
+
+def clinical_evaluations(task: Task, plans: Any) -> dict[str, str | None]:
+    """The optional evaluations beyond image metrics (dose, segmentation consistency), for trained models and
+    baselines alike; returns the ``result.json`` entries naming their files (None: not configured or not
+    applicable)."""
+    return {"dose": "dose.json" if evaluate_dose(task, plans) is not None else None,
+            "segmentation": "segmentation.json" if evaluate_segmentation(task, plans) is not None else None}
+
+
 # --- one task, the grid --------------------------------------------------------------------------------
 def run_task(task: Task) -> dict[str, Any]:
     """Train, predict, evaluate one task (each stage skipped when done); write and return ``result.json``."""
@@ -268,6 +320,7 @@ def run_task(task: Task) -> dict[str, Any]:
 
     g = task.grid
     plans = Plans.load(preprocessed_root() / task.dataset / f"{g.plans_name}.json")
+    extra = clinical_evaluations(task, plans)
     training = checkpoint_record(task.results_fold_dir)
     rec_file = task.folder / "training.json"
     training["wall_s_benchmark"] = load_json(rec_file)["wall_s"] if rec_file.is_file() else None
@@ -288,6 +341,7 @@ def run_task(task: Task) -> dict[str, Any]:
         "evaluation": "evaluation.json",
         "evaluation_lesions": "evaluation_lesions.json" if (task.folder / "evaluation_lesions.json").is_file() else None,
         "aggregate": evaluation.get("aggregate", {}),
+        **extra,
         "training": training, "inference": inference,
     }
     save_json(result, task.result_file)

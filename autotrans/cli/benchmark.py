@@ -49,6 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite_target_spacing", type=float, nargs=3, default=None, metavar=("Z", "Y", "X"),
                    help="planner target spacing for datasets not planned yet")
     p.add_argument("-np", type=int, default=2, help="worker processes for preprocessing (2)")
+    p.add_argument("--dose", nargs="+", choices=("photons", "protons"), default=None, metavar="BEAMS",
+                   help="also evaluate dose on CT targets: photons and/or protons (plan on the real CT, recompute on "
+                        "the synthetic CT; needs pip install 'autotrans[dose]'; documentation/dose.md)")
+    p.add_argument("--dose_grid", type=float, default=3.0, metavar="MM", help="dose grid spacing for --dose (3 mm)")
+    p.add_argument("--segmenter", default=None, metavar="PATH",
+                   help="also report segmentation consistency: a trained nnU-Net v2 model folder (or "
+                        "totalsegmentator[:TASK]) run on the real and the synthetic volume (Dice, HD95)")
     p.add_argument("-o", "--output", default=None, help="output folder (default $autotrans_results/benchmark)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--emit_slurm", default=None, metavar="DIR", help="write SLURM scripts into DIR, run nothing")
@@ -77,7 +84,8 @@ def planner_options(args: argparse.Namespace):  # -> PlannerOptions
 def grid_kwargs(args: argparse.Namespace) -> dict:
     return dict(configuration=args.c, plans_name=args.p, device=args.device, epochs=args.epochs,
                 iterations=args.iterations, val_iterations=args.val_iterations, num_workers=args.num_workers,
-                seed=args.seed, steps=args.steps, tta=not args.disable_tta, planner=planner_options(args), num_processes=args.np)
+                seed=args.seed, steps=args.steps, tta=not args.disable_tta, planner=planner_options(args), num_processes=args.np,
+                dose=tuple(dict.fromkeys(args.dose or ())), dose_grid_mm=args.dose_grid, segmenter=args.segmenter)
 
 
 def _flags(args: argparse.Namespace, for_training: bool) -> list[str]:
@@ -100,6 +108,10 @@ def _flags(args: argparse.Namespace, for_training: bool) -> list[str]:
         out += ["-gpu_memory_target", str(args.gpu_memory_target)]
     if args.overwrite_target_spacing is not None:
         out += ["--overwrite_target_spacing", *map(str, args.overwrite_target_spacing)]
+    if args.dose:
+        out += ["--dose", *args.dose, "--dose_grid", str(args.dose_grid)]
+    if args.segmenter:
+        out += ["--segmenter", args.segmenter]
     return out
 
 

@@ -32,6 +32,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="PET SUV ceiling of the autotrans standard (default: reference masked p99.9 per case)")
     p.add_argument("--mr_k", type=float, default=3.0,
                    help="MR lesion threshold: local background mean + k * std (3)")
+    p.add_argument("--segmenter", default=None, metavar="PATH",
+                   help="segmentation consistency: an nnU-Net v2 results folder (plans.json, dataset.json, fold_X) "
+                   "or totalsegmentator[:task]; segments REF and PRED and reports per-label Dice and HD95")
+    p.add_argument("--segmenter_folds", nargs="+", default=None,
+                   help="nnU-Net folds to ensemble (default: every fold_X with the checkpoint)")
+    p.add_argument("--segmenter_checkpoint", default="checkpoint_final.pth", help="nnU-Net checkpoint file name")
+    p.add_argument("--segmenter_device", default="cpu", help="device for the segmenter: cpu, cuda or cuda:N (cpu)")
+    p.add_argument("--segmenter_no_mirroring", action="store_true",
+                   help="nnU-Net without mirroring test-time augmentation (about 8x faster, e.g. on CPU)")
     p.add_argument("--compare", nargs="+", metavar="RESULT_JSON", default=None,
                    help="compare these autotrans_evaluate results (two or more) instead of evaluating")
     p.add_argument("--names", nargs="+", default=None, help="model names for --compare (default: file stems)")
@@ -69,13 +78,23 @@ def _main(args: argparse.Namespace) -> int:
         raise ConfigurationError("--mr_range applies to -modality MR only")
     if args.suv_ceiling is not None and (args.modality != "PET" or args.suv_ceiling <= 0):
         raise ConfigurationError("--suv_ceiling needs -modality PET and a positive value")
+    segmenter = None
+    if args.segmenter:
+        from autotrans.evaluation.segmentation import make_segmenter
+
+        segmenter = make_segmenter(args.segmenter, folds=args.segmenter_folds, checkpoint=args.segmenter_checkpoint,
+                                   device=args.segmenter_device, modality=args.modality,
+                                   use_mirroring=not args.segmenter_no_mirroring)
     from autotrans.evaluation.folders import evaluate_folders
 
     res = evaluate_folders(args.ref, args.pred, args.mask, args.lesions, args.modality, args.standard,
                            Path(args.output), value_range=args.mr_range, range_source="--mr_range",
-                           suv_ceiling=args.suv_ceiling, mr_k=args.mr_k)
+                           suv_ceiling=args.suv_ceiling, mr_k=args.mr_k, segmenter=segmenter)
     for name, agg in res["aggregate"].items():
         log.info("%-16s mean %.6g  median %.6g  (n=%d)", name, agg["mean"], agg["median"], agg["n"])
+    for label, agg in res.get("segmentation", {}).get("aggregate", {}).items():
+        log.info("seg %-12s Dice mean %.4g (n=%d)  HD95 mean %.4g mm (n=%d)", label, agg["dice"]["mean"],
+                 agg["dice"]["n"], agg["hd95"]["mean"], agg["hd95"]["n"])
     return 0
 
 

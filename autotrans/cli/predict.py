@@ -22,7 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="autotrans_predict",
         description="Predict the target modality for every case in -i ({CASE}_0000{ending}, ...); writes "
                     "{CASE}{ending} to -o with the input's exact geometry, in physical units.")
-    p.add_argument("-i", required=True, metavar="IN", help="folder of input cases in the raw naming")
+    p.add_argument("-i", required=True, metavar="IN",
+                   help="folder of input cases in the raw naming, or of DICOM: one series (one case) or one "
+                        "subfolder of DICOM files per case (converted to NIfTI first)")
     p.add_argument("-o", required=True, metavar="OUT",
                    help="output folder (created if missing; must not be the input folder)")
     p.add_argument("-d", default=None, metavar="DATASET", help="dataset id or name (needed when several models exist)")
@@ -48,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-nps", type=int, default=2, metavar="N", help="export worker processes (default 2)")
     p.add_argument("--save_uncertainty", action="store_true",
                    help="also write {CASE}_std: per-voxel std across folds in physical units")
+    p.add_argument("--dicom_out", default=None, metavar="DIR",
+                   help="DICOM input and a CT model only: also write each prediction as a DICOM CT series in "
+                        "DIR/{CASE}/, in its source series' study and Frame of Reference")
     p.add_argument("--verbose", action="store_true")
     return p
 
@@ -58,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(a.verbose)
 
     def go() -> None:
+        from autotrans.inference.dicom_io import open_prediction_input
         from autotrans.inference.folder import check_output_target, predict_folder
         from autotrans.inference.models import load_model, select_model
         from autotrans.inference.predictor import Predictor, PredictorSettings
@@ -70,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigurationError(f"-step_size {a.step_size:g}: must be in (0, 1], the tile stride as a "
                                      f"fraction of the patch (0.5 = half-patch overlap)")
         check_output_target(Path(a.i), Path(a.o))  # -o a file, or -o == -i: refused before loading anything
+        source = open_prediction_input(Path(a.i), a.dicom_out)  # DICOM -i? --dicom_out without it is refused
         settings = PredictorSettings(step_size=a.step_size, blend=a.blend, tta=not a.disable_tta, seed=a.seed,
                                      batch_size=a.batch_size, device=a.device, bf16=not a.fp32,
                                      save_uncertainty=a.save_uncertainty)
@@ -77,9 +84,13 @@ def main(argv: list[str] | None = None) -> int:
         if not any(x is not None for x in (a.d, a.c, a.m, a.p)):
             logger.info("using the only trained model: %s/%s (%s)", spec.dataset, spec.folder.name, spec.flags())
         overrides = {"sampling_steps": a.steps} if a.steps is not None else None
-        model = load_model(spec, a.f, a.chk, a.device, overrides)
-        done = predict_folder(Predictor(model, settings), a.i, a.o, a.continue_prediction, a.npp, a.nps)
+        with source.prepared(Path(a.o), spec) as in_dir:  # DICOM cases converted to NIfTI in a temporary folder
+            model = load_model(spec, a.f, a.chk, a.device, overrides)
+            done = predict_folder(Predictor(model, settings), in_dir, a.o, a.continue_prediction, a.npp, a.nps)
         logger.info("done: %d predicted, %d skipped", len(done["predicted"]), len(done["skipped"]))
+        if a.dicom_out is not None:
+            dicom = source.write_dicom(Path(a.o), spec, done["predicted"] + done["skipped"], a.continue_prediction)
+            logger.info("wrote %d DICOM series to %s", len(dicom), a.dicom_out)
 
     return run(p.prog, go)
 

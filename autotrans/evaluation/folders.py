@@ -17,6 +17,7 @@ import numpy as np
 
 from autotrans.errors import ConfigurationError, DatasetError
 from autotrans.evaluation.lesions import stratify
+from autotrans.evaluation.segmentation import Segmenter, csv_columns, segmentation_consistency
 from autotrans.evaluation.standards import STANDARD_METRICS, evaluate_case
 from autotrans.evaluation.strict_json import save_strict_json
 from autotrans.io import SUPPORTED_ENDINGS, file_ending, read_geometry, read_image
@@ -128,8 +129,14 @@ def evaluate_folders(
     range_source: str = "given",
     suv_ceiling: float | None = None,
     mr_k: float = 3.0,
+    segmenter: Segmenter | None = None,
 ) -> dict[str, Any]:
-    """Score every case of REF against PRED; write ``out_json`` (+ CSV beside it) when given."""
+    """Score every case of REF against PRED; write ``out_json`` (+ CSV beside it) when given.
+
+    ``segmenter``: also segment REF and PRED and score their agreement (``segmentation`` section, see
+    :mod:`autotrans.evaluation.segmentation`); label maps go beside ``out_json`` (required then)."""
+    if segmenter is not None and out_json is None:
+        raise ConfigurationError("segmentation consistency needs an output file (-o) beside which label maps go")
     pairs = pair_cases(ref, pred, mask, lesions)
     cases: dict[str, dict[str, float]] = {}
     info: dict[str, dict[str, Any]] = {}
@@ -158,6 +165,9 @@ def evaluate_folders(
     if lesions is not None:
         result["lesions"] = lesion_rows
         result["lesion_strata"] = stratify([row for rows in lesion_rows.values() for row in rows])
+    if segmenter is not None:
+        out = Path(out_json)  # type: ignore[arg-type]
+        result["segmentation"] = segmentation_consistency(pairs, segmenter, out.parent, out.with_suffix("").name)
     if out_json is not None:
         write_results(result, out_json)
     return result
@@ -175,12 +185,13 @@ def write_results(result: dict[str, Any], out_json: PathLike) -> None:
     save_strict_json(result, out_json)
     stem = out_json.with_suffix("")
     names = list(result["aggregate"])
+    seg_header, seg_rows = csv_columns(result["segmentation"]) if result.get("segmentation") else ([], {})
     with atomic_path(out_json.with_suffix(".csv"), suffix=".csv") as tmp, \
             open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(["case", *names])
+        w.writerow(["case", *names, *seg_header])
         for case, vals in result["cases"].items():
-            w.writerow([case, *[repr(float(vals[k])) for k in names]])
+            w.writerow([case, *[repr(float(vals[k])) for k in names], *map(repr, seg_rows.get(case, []))])
     if result.get("lesions"):
         rows = [{"case": c, **row} for c, rs in result["lesions"].items() for row in rs]
         keys = list(dict.fromkeys(k for row in rows for k in row))

@@ -39,6 +39,21 @@ METRIC_DIRECTION = {
 }
 
 
+def metric_direction(metric: str) -> int:
+    """+1 when larger is better, -1 when smaller is: the table above, then the families of derived names.
+
+    Dose and segmentation results carry prefixed names (``photons_gamma_2%2mm``, ``photons_body_mae_pct``,
+    ``seg_dice_liver``): pass rates, Dice and SSIMs rank upwards; absolute differences, errors and surface
+    distances downwards. An unknown name ranks upwards, as before.
+    """
+    if metric in METRIC_DIRECTION:
+        return METRIC_DIRECTION[metric]
+    name = metric.lower()
+    if any(t in name for t in ("absdiff", "mae", "mse", "hd95", "error", "assd")):
+        return -1
+    return 1
+
+
 class EvaluationError(AutotransError):
     """Inputs of one case cannot be scored; the message names the case."""
 

@@ -17,7 +17,7 @@ import numpy as np
 from scipy import stats
 
 from autotrans.errors import ConfigurationError, DatasetError
-from autotrans.evaluation.standards import METRIC_DIRECTION
+from autotrans.evaluation.standards import metric_direction
 from autotrans.evaluation.strict_json import load_results, save_strict_json
 from autotrans.utils.files import atomic_path
 
@@ -78,7 +78,7 @@ def metric_comparison(table: np.ndarray, models: list[str], metric: str, alpha: 
     import pandas as pd
     import scikit_posthocs as sp
 
-    direction = METRIC_DIRECTION.get(metric, 1)
+    direction = metric_direction(metric)
     n, k = table.shape
     out: dict[str, Any] = {
         "direction": "higher is better" if direction > 0 else "lower is better",

@@ -98,3 +98,69 @@ def test_lesion_table_counts_and_reasons() -> None:
     assert dice == "0 (1/2 lesions)"  # the one lesion where Dice is defined, out of two
     assert dict(zip(header, table[0]))["HD95 (mm)"] == "– (0/2 lesions)"
     assert dict(zip(header, table[1]))["HD95 (mm)"] == "0 (1/2 lesions)"  # identity of itself: 0 mm
+
+
+def _dose_models(n: int) -> dict:
+    """Three models with dose results: a good sCT (high pass rates), a worse one, the identity baseline (CBCT)."""
+    rng = np.random.default_rng(1)
+    out = _models(n)
+    settings = [{"modality": beam, "engine": f"pyRadPlan {beam} pencil beam", "gantry_angles": [0.0, 180.0],
+                 "dose_grid_mm": 3.0, "prescription_gy": 2.0} for beam in ("photons", "protons")]
+    for name, quality in (("pix2pix", 0.5), ("regression", 0.2), ("identity", 3.0)):
+        cases = {}
+        for i in range(n):
+            row = {}
+            for beam, k in (("photons", 1.0), ("protons", 4.0)):
+                row.update({f"{beam}_gamma_3%3mm": 100 - k * quality + rng.normal(0, 0.01),
+                            f"{beam}_gamma_2%2mm": 100 - 2 * k * quality + rng.normal(0, 0.01),
+                            f"{beam}_gamma_1%1mm": 100 - 5 * k * quality + rng.normal(0, 0.01),
+                            f"{beam}_target_D95_absdiff_pct": k * quality + abs(rng.normal(0, 0.01)),
+                            f"{beam}_target_Dmean_absdiff_pct": k * quality,
+                            f"{beam}_cutoff_mae_pct": k * quality / 2})
+            cases[f"c{i}"] = row
+        details = {c: {"photons": {"target": "automatic: sphere"}} for c in cases}
+        out[name].update(dose_cases=cases, dose=[{"cases": cases, "settings": settings, "case_details": details}])
+    return out
+
+
+def test_dose_section_tables_and_statistics(tmp_path: Path) -> None:
+    from autotrans.benchmark.report import dose_blocks
+
+    stats: dict = {}
+    blocks = dose_blocks("D", _dose_models(6), tmp_path, stats)
+    text = " ".join(str(b[1]) for b in blocks if b[0] in ("h3", "p"))
+    assert "plan on the real CT, recompute on the synthetic CT" in text and "automatic: sphere" in text
+    tables = [b for b in blocks if b[0] == "table"]
+    assert tables[0][1][:3] == ["model", "n (cases)", "γ 3%/3mm (%) ↑"] and len(tables[0][2]) == 3
+    # statistics for one pass rate and one DVH point per beam type, directions right
+    dose_stats = stats["D"]["dose"]
+    assert set(dose_stats) == {"photons_gamma_2%2mm", "photons_target_D95_absdiff_pct",
+                               "protons_gamma_2%2mm", "protons_target_D95_absdiff_pct"}
+    assert dose_stats["protons_gamma_2%2mm"]["direction"] == "higher is better"
+    assert dose_stats["protons_target_D95_absdiff_pct"]["direction"] == "lower is better"
+    ranks = dose_stats["protons_gamma_2%2mm"]["mean_rank"]
+    assert ranks["regression"] < ranks["pix2pix"] < ranks["identity"]  # rank 1 = best
+    assert any(b[0] == "img" for b in blocks)  # CD diagrams (3 models)
+    assert dose_blocks("D", _models(3), tmp_path, {}) == []  # no dose configured: no section
+
+
+def test_segmentation_section(tmp_path: Path) -> None:
+    from autotrans.benchmark.report import segmentation_blocks
+
+    rng = np.random.default_rng(2)
+    models = _models(5)
+    section = {"segmenter": {"kind": "nnunet", "name": "Dataset050_Body", "folds": ["0"]},
+               "labels": {"1": "soft_tissue", "2": "bone"}}
+    for name, dice in (("pix2pix", 0.8), ("regression", 0.9), ("identity", 0.5)):
+        cases = {f"c{i}": {"seg_dice_mean": dice + rng.normal(0, 0.01), "seg_hd95_mean": 10 * (1 - dice),
+                           "seg_dice_soft_tissue": dice, "seg_dice_bone": dice - 0.1} for i in range(5)}
+        models[name].update(seg_cases=cases, segmentation=[section])
+    stats: dict = {}
+    blocks = segmentation_blocks("D", models, tmp_path, stats)
+    table = next(b for b in blocks if b[0] == "table")
+    assert table[1] == ["model", "n (cases)", "mean Dice ↑", "mean HD95 (mm) ↓", "Dice soft_tissue ↑", "Dice bone ↑"]
+    assert "Dataset050_Body" in blocks[1][1]
+    res = stats["D"]["segmentation"]
+    assert res["seg_hd95_mean"]["direction"] == "lower is better"
+    assert res["seg_dice_mean"]["mean_rank"]["regression"] < res["seg_dice_mean"]["mean_rank"]["identity"]
+    assert segmentation_blocks("D", _models(3), tmp_path, {}) == []
