@@ -118,7 +118,10 @@ def train_row(name: str, plans: Any, fold: Any, device: torch.device, compile_: 
             t0 = time.perf_counter()
             raw = next(stream)
             keys = ("source", "target", "mask", "target_mask", "lesions")
-            b = {k: torch.from_numpy(np.ascontiguousarray(raw[k])).to(device) for k in keys if k in raw}
+            if aug is not None:  # the GPU path's workers send per-sample boxes and the parameters they drew
+                b = aug.to_device(raw, device)
+            else:
+                b = {k: torch.from_numpy(np.ascontiguousarray(raw[k])).to(device) for k in keys if k in raw}
             sync(device)
             t1 = time.perf_counter()
             if aug is not None:

@@ -2,9 +2,15 @@
 
 Pipelines (all deliver augmented patches of the same size and batch size from the same cases):
 
-- ``bg1``: autotrans' current pipeline (batchgenerators v1, one ``SpatialTransform`` with cubic
+- ``bg1``: autotrans' previous pipeline (batchgenerators v1, one ``SpatialTransform`` with cubic
   interpolation of source and target, nearest for the masks, then mirroring and source-only intensity
   transforms), through ``make_train_augmenter`` exactly as training uses it.
+- ``torch``: the default pipeline (``augment_torch``: parameters drawn in the loader, only each sample's needed
+  box read, batches handed over in shared memory), also through ``make_train_augmenter``.
+- ``gpu_cpu_share``: the workers' half of ``--gpu_augmentation`` (the same planned draws; each sample's box read
+  only where it lies inside the volume, straight into one shared-memory buffer per batch; no padding, no
+  augmentation: the device does both): its samples/s against ``torch``'s is the CPU cost the device path
+  leaves on the host. Its batches hold crops (per-sample lists), so the patch-shape check is skipped.
 - ``nnunetv2``: nnU-Net v2's ``nnUNetDataLoader`` with ``nnUNetTrainer.get_training_transforms`` (batchgeneratorsv2:
   trilinear ``grid_sample`` rotation/scaling, mirroring, intensity transforms on all channels) and its
   ``NonDetMultiThreadedAugmenter``, on the same cases converted to its blosc2 format with its own chunking
@@ -34,7 +40,7 @@ import os
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 
@@ -137,7 +143,8 @@ def time_stream(make: StreamFactory, patch: list[int], batch: int, workers: int,
     try:
         for _ in range(warmup):
             b = next(stream)
-        shape = tuple(np.asarray(b["data" if "data" in b else "source"]).shape[2:])
+        images = b["data" if "data" in b else "source"]  # per-sample boxes (a list) on the device path
+        shape = tuple(np.asarray(images[0]).shape[1:]) if isinstance(images, list) else tuple(np.shape(images)[2:])
         assert shape == tuple(patch) or getattr(make, "reads_only", False), f"{shape} != {patch}"
         t0 = time.perf_counter()
         for _ in range(batches):

@@ -212,7 +212,7 @@ def dose_blocks(dataset: str, models: dict[str, dict[str, Any]], files: Path,
     targets = sorted({d.get("target", "") for e in with_dose.values() for r in e["dose"]
                       for c in r.get("case_details", {}).values() for d in c.values() if isinstance(d, dict)})
     blocks: list[Block] = [("h3", "Dose: plan on the real CT, recompute on the synthetic CT")]
-    desc = "; ".join(f"{s['modality']}: {s['engine']}, gantry {', '.join(f'{a:g}' for a in s['gantry_angles'])}°, "
+    desc = "; ".join(f"{s['modality'].capitalize()}: {s['engine']}, gantry {', '.join(f'{a:g}' for a in s['gantry_angles'])}°, "
                      f"{s['dose_grid_mm']:g} mm dose grid, target mean {s['prescription_gy']:g} Gy (Rx)"
                      for s in settings)
     blocks.append(("p", f"Per case, a plan is optimised on the real CT and the same beams and weights are recomputed "

@@ -49,9 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     aug = p.add_mutually_exclusive_group()
     aug.add_argument("--gpu_augmentation", dest="gpu_augmentation", action="store_true", default=None,
                      help="rotation/scaling, mirroring and intensity augmentation on the training device, workers only "
-                     "read patches (off by default: its CPU share is not yet below the CPU path's, documentation/performance.md)")
+                     "read patches (the default on CUDA: documentation/performance.md)")
     aug.add_argument("--cpu_augmentation", dest="gpu_augmentation", action="store_false",
-                     help="augment in the CPU workers (the default)")
+                     help="augment in the CPU workers (the default on CPU and MPS)")
     p.add_argument("--augmentation_pipeline", choices=("torch", "batchgenerators"), default="torch",
                    help="CPU augmentation: torch (trilinear, default, faster) or batchgenerators v1 (cubic)")
     p.add_argument("--save_every", type=int, default=50, help="write checkpoint_latest.pth every N epochs (50)")

@@ -198,7 +198,7 @@ class Trainer:
         for it in progress(range(iterations), desc=f"epoch {epoch}", unit="it", disable=not self.is_main, leave=False):
             t0 = time.perf_counter()
             raw = next(stream)
-            batch = self.to_device(raw, ("lesions",) if self.device_aug is not None else ())
+            batch = self.to_device(raw) if self.device_aug is None else self.device_aug.to_device(raw, self.device)
             t1 = time.perf_counter()
             if self.device_aug is not None:  # device work, part of the step (not of the wait)
                 batch = self.device_aug(batch, int(raw["batch_index"]))

@@ -42,3 +42,26 @@ def test_precision_per_device() -> None:
     if torch.cuda.is_available():
         dtype, scaler = mixed_precision(torch.device("cuda"))
         assert (dtype, scaler) in ((torch.bfloat16, False), (torch.float16, True))
+
+
+def test_gpu_augmentation_default_follows_the_device(tiny_brain: Path) -> None:
+    """On by default on CUDA with the torch pipeline (workers only read crops), off elsewhere; explicit flags win;
+    the batchgenerators pipeline cannot run on the device."""
+    from dataclasses import replace
+
+    from autotrans.planning.plans import Plans
+    from autotrans.training.augment import AugmentationSettings
+    from autotrans.training.settings import resolve
+
+    plans = Plans.load(tiny_brain / "autotransPlans.json")
+    cfg = plans.configuration("3d_fullres")
+    base = settings(model="pix2pix")
+    on = resolve(replace(base, device="cuda"), plans, cfg)
+    assert on.gpu_augmentation is True and on.augmentation.on_device is True
+    assert resolve(replace(base, device="cpu"), plans, cfg).gpu_augmentation is False
+    assert resolve(replace(base, device="cuda", gpu_augmentation=False), plans, cfg).gpu_augmentation is False
+    assert resolve(replace(base, device="cpu", gpu_augmentation=True), plans, cfg).gpu_augmentation is True
+    bg = replace(base, device="cuda", augmentation=AugmentationSettings(pipeline="batchgenerators"))
+    assert resolve(bg, plans, cfg).gpu_augmentation is False
+    with pytest.raises(ConfigurationError, match="cannot be combined"):
+        resolve(replace(bg, gpu_augmentation=True), plans, cfg)
