@@ -26,7 +26,7 @@ import argparse
 import json
 import logging
 import os
-import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -34,29 +34,15 @@ from typing import Any
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _demo import prepare_demo  # noqa: E402
+
 logger = logging.getLogger("benchmark.gpu_suite")
 
 TRAIN_FAMILIES = ("regression", "pix2pix", "cyclegan", "srgan", "autoencoder", "ldm", "ldm_controlnet", "bbdm",
                   "flow_matching")
 WINDOW_FAMILIES = ("regression", "pix2pix", "cyclegan", "srgan")
 LATENT_FAMILIES = ("ldm", "ldm_controlnet", "bbdm", "flow_matching")
-TINY_PLAN = ["-np", "1", "-gpu_memory_target", "0.05", "--overwrite_target_spacing", "4", "4", "4"]
-
-
-def prepare_demo(base: Path, tiny: bool) -> str:
-    """Plan and preprocess the demo brains under ``base`` (default plan, or the tests' tiny plan)."""
-    for var in ("autotrans_raw", "autotrans_preprocessed", "autotrans_results"):
-        (base / var).mkdir(parents=True, exist_ok=True)
-        os.environ[var] = str(base / var)
-    if not list((base / "autotrans_preprocessed").glob("Dataset901_*/autotransPlans.json")):
-        from autotrans.cli.plan_and_preprocess import main_plan_and_preprocess
-        from autotrans.dataset.demo import demo_data_dir
-
-        raw = base / "autotrans_raw" / "Dataset901_DemoT2toFLAIR"
-        if not raw.is_dir():
-            shutil.copytree(demo_data_dir() / "Dataset901_DemoT2toFLAIR", raw)
-        assert main_plan_and_preprocess(["-d", "901", *(TINY_PLAN if tiny else ["-np", "1"])]) == 0
-    return "901"
 
 
 def plans_for_patch(plans: Any, patch: list[int] | None) -> Any:

@@ -38,11 +38,15 @@ import logging
 import math
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _demo import prepare_demo  # noqa: E402
 
 logger = logging.getLogger("benchmark.loader_throughput")
 
@@ -50,23 +54,6 @@ StreamFactory = Callable[[list[int], int, int, int], Any]  # (patch, batch size,
 
 
 # --- data -------------------------------------------------------------------------------------------------------
-def prepare_demo(base: Path) -> str:
-    """Plan and preprocess the shipped T2 -> FLAIR demo brains (default plan) under ``base``; returns the id."""
-    for var in ("autotrans_raw", "autotrans_preprocessed", "autotrans_results"):
-        (base / var).mkdir(parents=True, exist_ok=True)
-        os.environ[var] = str(base / var)
-    if not list((base / "autotrans_preprocessed").glob("Dataset901_*/autotransPlans.json")):
-        from autotrans.cli.plan_and_preprocess import main_plan_and_preprocess
-        from autotrans.dataset.demo import demo_data_dir
-        import shutil
-
-        raw = base / "autotrans_raw" / "Dataset901_DemoT2toFLAIR"
-        if not raw.is_dir():
-            shutil.copytree(demo_data_dir() / "Dataset901_DemoT2toFLAIR", raw)
-        assert main_plan_and_preprocess(["-d", "901", "-np", "1"]) == 0
-    return "901"
-
-
 def convert_for_nnunet(fold: Any, out: Path) -> list[str]:
     """Write the fold's training cases in nnU-Net v2's blosc2 format (data = source + target channels, seg = mask)."""
     from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2, comp_blosc2_params

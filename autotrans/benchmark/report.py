@@ -98,15 +98,22 @@ def metric_label(metric: str) -> str:
 def metric_table(models: dict[str, dict[str, Any]]) -> Block:
     """One row per model: n, then per metric "mean ± std (median)", or the values themselves below
     :data:`MIN_BOX_N` cases (a std of one case is 0 and would suggest a precision there is not)."""
-    rows = []
+    headers = ["model", "n (cases)", *[metric_label(m) for m in METRICS]]
+    return ("table", headers, summary_rows(models, "cases", METRICS))
+
+
+def summary_rows(models: dict[str, dict[str, Any]], cases_key: str, columns: list[str]) -> list[list[str]]:
+    """Rows of a per-model table: the model (baselines marked), its number of cases, then one
+    :func:`summary_cell` per column over its per-case values (``cases_key``: image, dose or segmentation)."""
     baselines = baseline_names(models)
+    rows = []
     for m, e in models.items():
-        row = [model_label(m, baselines), str(len(e["cases"]))]
-        for metric in METRICS:
-            v = np.array([c[metric] for c in e["cases"].values() if metric in c], dtype=float)
+        row = [model_label(m, baselines), str(len(e[cases_key]))]
+        for col in columns:
+            v = np.array([c[col] for c in e[cases_key].values() if c.get(col) is not None], dtype=float)
             row.append(summary_cell(v, MIN_BOX_N))
         rows.append(row)
-    return ("table", ["model", "n (cases)", *[metric_label(m) for m in METRICS]], rows)
+    return rows
 
 
 def small_n_note(models: dict[str, dict[str, Any]]) -> str | None:
@@ -206,14 +213,14 @@ def dose_blocks(dataset: str, models: dict[str, dict[str, Any]], files: Path,
     with_dose = {m: e for m, e in models.items() if e.get("dose")}
     if not with_dose:
         return []
-    baselines = baseline_names(models)
     first = next(iter(with_dose.values()))["dose"][0]
     settings = first.get("settings", [])
     targets = sorted({d.get("target", "") for e in with_dose.values() for r in e["dose"]
                       for c in r.get("case_details", {}).values() for d in c.values() if isinstance(d, dict)})
     blocks: list[Block] = [("h3", "Dose: plan on the real CT, recompute on the synthetic CT")]
-    desc = "; ".join(f"{s['modality'].capitalize()}: {s['engine']}, gantry {', '.join(f'{a:g}' for a in s['gantry_angles'])}°, "
-                     f"{s['dose_grid_mm']:g} mm dose grid, target mean {s['prescription_gy']:g} Gy (Rx)"
+    desc = "; ".join(f"{s['modality'].capitalize()}: {s['engine']}, "
+                     f"gantry {', '.join(f'{a:g}' for a in s['gantry_angles'])}°, {s['dose_grid_mm']:g} mm dose grid, "
+                     f"target mean {s['prescription_gy']:g} Gy (Rx)"
                      for s in settings)
     blocks.append(("p", f"Per case, a plan is optimised on the real CT and the same beams and weights are recomputed "
                    f"on each model's synthetic CT (the SynthRAD protocol; plans shared by all models). {desc}. "
@@ -225,14 +232,7 @@ def dose_blocks(dataset: str, models: dict[str, dict[str, Any]], files: Path,
         blocks.append(("p", f"No dose for {', '.join(missing)} (not evaluated)."))
     for s in settings:
         beam = s["modality"]
-        cols = [f"{beam}_{k}" for k in DOSE_COLUMNS]
-        rows = []
-        for m, e in with_dose.items():
-            row = [model_label(m, baselines), str(len(e["dose_cases"]))]
-            for col in cols:
-                v = np.array([c[col] for c in e["dose_cases"].values() if c.get(col) is not None], dtype=float)
-                row.append(summary_cell(v, MIN_BOX_N))
-            rows.append(row)
+        rows = summary_rows(with_dose, "dose_cases", [f"{beam}_{k}" for k in DOSE_COLUMNS])
         blocks.append(("p", f"{beam.capitalize()}:"))
         blocks.append(("table", ["model", "n (cases)", *DOSE_COLUMNS.values()], rows))
     tested = [f"{s['modality']}_{k}" for s in settings for k in DOSE_TESTED]
@@ -250,7 +250,6 @@ def segmentation_blocks(dataset: str, models: dict[str, dict[str, Any]], files: 
     with_seg = {m: e for m, e in models.items() if e.get("segmentation")}
     if not with_seg:
         return []
-    baselines = baseline_names(models)
     section = next(iter(with_seg.values()))["segmentation"][0]
     desc = section["segmenter"]
     labels = list(section["labels"].values())
@@ -263,13 +262,8 @@ def segmentation_blocks(dataset: str, models: dict[str, dict[str, Any]], files: 
                             "(a label absent from both is left out, one absent from the synthetic volume counts "
                             "Dice 0). The segmenter's own errors on real data are part of what this measures.")]
     show = labels if len(labels) <= 6 else []
-    rows = []
-    for m, e in with_seg.items():
-        row = [model_label(m, baselines), str(len(e["seg_cases"]))]
-        for col in ["seg_dice_mean", "seg_hd95_mean", *[f"seg_dice_{lb}" for lb in show]]:
-            v = np.array([c[col] for c in e["seg_cases"].values() if c.get(col) is not None], dtype=float)
-            row.append(summary_cell(v, MIN_BOX_N))
-        rows.append(row)
+    columns = ["seg_dice_mean", "seg_hd95_mean", *[f"seg_dice_{lb}" for lb in show]]
+    rows = summary_rows(with_seg, "seg_cases", columns)
     blocks.append(("table", ["model", "n (cases)", "mean Dice ↑", "mean HD95 (mm) ↓",
                              *[f"Dice {lb} ↑" for lb in show]], rows))
     blocks += statistics_blocks(dataset, with_seg, files, stats_out, metrics=["seg_dice_mean", "seg_hd95_mean"],

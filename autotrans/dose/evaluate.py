@@ -17,10 +17,9 @@ import numpy as np
 
 from autotrans.dataset.converters.common import body_mask_from_ct
 from autotrans.dose.engine import DoseError, DoseSettings, case_dose, require_pyradplan, settings_record
-from autotrans.errors import DatasetError
-from autotrans.evaluation.folders import PathLike, discover, pair_cases, summarize, write_results
+from autotrans.evaluation.folders import PathLike, pair_cases, summarize, write_results
 from autotrans.dose.metrics import dose_comparison
-from autotrans.io import read_geometry, read_image, write_image
+from autotrans.io import read_image, write_image
 from autotrans.utils.lazy import LazyModule
 from autotrans.utils.progress import progress
 
@@ -68,20 +67,7 @@ def evaluate_dose(ref: PathLike, pred: PathLike, out_json: PathLike, modalities:
     """
     require_pyradplan()
     all_settings = [DoseSettings(modality=m, **(settings or {})) for m in modalities]
-    pairs = pair_cases(ref, pred, mask)
-    targets: dict[str, Path] = {}
-    if target is not None:
-        found = discover(target, "TARGET")
-        problems = [(c, "no target file") for c in pairs if c not in found and not (len(found) == 1 and len(pairs) == 1)]
-        for c in pairs:
-            t = found.get(c) or (next(iter(found.values())) if len(found) == 1 and len(pairs) == 1 else None)
-            if t is not None:
-                targets[c] = t
-                diff = read_geometry(pairs[c]["ref"]).mismatch(read_geometry(t))
-                if diff:
-                    problems.append((c, f"target geometry differs from REF: {diff}"))
-        if problems:
-            raise DatasetError(problems, header="target masks")
+    pairs = pair_cases(ref, pred, mask, target=target)
     cases: dict[str, dict[str, float]] = {}
     details: dict[str, dict[str, Any]] = {}
     cache = Path(cache_dir) if cache_dir is not None else None
@@ -93,7 +79,7 @@ def evaluate_dose(ref: PathLike, pred: PathLike, out_json: PathLike, modalities:
                 else body_mask_from_ct(ct))
         if not body.any():
             raise DoseError(f"{case}: the body mask is empty")
-        tgt = read_image(targets[case], dtype=np.uint8)[0] if case in targets else None
+        tgt = read_image(entry["target"], dtype=np.uint8)[0] if entry["target"] is not None else None
         image = geo.apply_to(sitk.Image([int(s) for s in geo.size], sitk.sitkUInt8))
         cases[case], details[case] = {}, {"body": "given" if entry["mask"] is not None else "thresholded at -500 HU"}
         for s in all_settings:

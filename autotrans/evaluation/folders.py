@@ -66,8 +66,9 @@ def _lookup(source: dict[str, Path], case: str, single: bool) -> Path | None:
 
 
 def pair_cases(ref: PathLike, pred: PathLike, mask: PathLike | None = None,
-               lesions: PathLike | None = None) -> dict[str, dict[str, Path | None]]:
-    """Match REF/PRED/MASK/LESION files by case and check headers; all problems in one error."""
+               lesions: PathLike | None = None, target: PathLike | None = None) -> dict[str, dict[str, Path | None]]:
+    """Match REF/PRED/MASK/LESION(/TARGET: dose target masks) files by case and check headers; all problems in
+    one error."""
     refs, preds = discover(ref, "REF"), discover(pred, "PRED")
     single = Path(ref).is_file()
     if single and Path(pred).is_file():
@@ -78,10 +79,13 @@ def pair_cases(ref: PathLike, pred: PathLike, mask: PathLike | None = None,
         raise DatasetError(problems, header="REF and PRED case lists differ")
     masks = discover(mask, "MASK") if mask is not None else None
     lesion_files = discover(lesions, "LESIONS") if lesions is not None else None
+    targets = discover(target, "TARGET") if target is not None else None
     pairs: dict[str, dict[str, Path | None]] = {}
     for case in sorted(refs):
-        entry: dict[str, Path | None] = {"ref": refs[case], "pred": preds[case], "mask": None, "lesions": None}
-        for key, source, label in (("mask", masks, "mask"), ("lesions", lesion_files, "lesion map")):
+        entry: dict[str, Path | None] = {"ref": refs[case], "pred": preds[case], "mask": None, "lesions": None,
+                                         "target": None}
+        for key, source, label in (("mask", masks, "mask"), ("lesions", lesion_files, "lesion map"),
+                                   ("target", targets, "target")):
             if source is None:
                 continue
             entry[key] = _lookup(source, case, single)
@@ -92,7 +96,7 @@ def pair_cases(ref: PathLike, pred: PathLike, mask: PathLike | None = None,
         raise DatasetError(problems, header="missing files")
     for case, entry in pairs.items():
         geo = read_geometry(entry["ref"])
-        for key in ("pred", "mask", "lesions"):
+        for key in ("pred", "mask", "lesions", "target"):
             if entry[key] is not None:
                 diff = geo.mismatch(read_geometry(entry[key]))
                 if diff:

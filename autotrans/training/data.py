@@ -361,8 +361,7 @@ class PatchLoader(SlimDataLoaderBase):
         """A byte buffer: numpy in this process, a shared-memory tensor (allocated there, never copied) in a worker."""
         if not self.shared:
             return np.empty(nbytes, np.uint8)
-        if torch.multiprocessing.get_sharing_strategy() != "file_system":
-            torch.multiprocessing.set_sharing_strategy("file_system")  # as SharedMemoryTransfer (worker only)
+        _file_system_sharing()
         return torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(max(nbytes, 1)))
 
     def _paired(self, rng: np.random.Generator, box: tuple[slice, ...] | None = None) -> dict[str, Any]:
@@ -385,6 +384,14 @@ class PatchLoader(SlimDataLoaderBase):
         out["target"], out["target_mask"] = tgt["target"], tgt["mask"]
         out["case_index"], out["target_case_index"] = i, j
         return out
+
+
+def _file_system_sharing() -> None:
+    """Share tensors by file name, in this worker process only (called where a worker makes shared memory): the
+    main process opens a batch by name, so a batch still in flight when the worker exits (shutdown) stays
+    readable (the default passes file descriptors through a server in the worker, gone with it)."""
+    if torch.multiprocessing.get_sharing_strategy() != "file_system":
+        torch.multiprocessing.set_sharing_strategy("file_system")
 
 
 def _share(value: Any) -> Any:
@@ -417,11 +424,7 @@ class SharedMemoryTransfer:
         self.transform = transform
 
     def __call__(self, **batch: Any) -> dict[str, Any]:
-        if torch.multiprocessing.get_sharing_strategy() != "file_system":
-            # in this worker process only: the main process opens a batch by name, so a batch still in flight
-            # when the worker exits (shutdown) stays readable (the default passes file descriptors through a
-            # server in the worker, gone with it)
-            torch.multiprocessing.set_sharing_strategy("file_system")
+        _file_system_sharing()
         if self.transform is not None:
             batch = self.transform(**batch)
         return {k: _share(v) for k, v in batch.items()}

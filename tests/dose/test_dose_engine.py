@@ -225,3 +225,21 @@ def test_full_resolution_ct_identical_gives_full_pass(shared_data):
                            criteria=((2, 2),))
     assert comp["gamma_2%2mm"] == pytest.approx(100.0)
     assert abs(comp["target_D95_diff_pct"]) < 1e-2
+
+
+def test_cli_target_on_another_grid_is_refused(pelvis, tmp_path, capsys):
+    ct, geo, body = pelvis
+    from autotrans.io import write_image
+    from autotrans.io.image_io import Geometry
+
+    for d in ("ref", "pred", "target"):
+        (tmp_path / d).mkdir()
+    write_image(ct, geo, tmp_path / "ref" / "p1.nii.gz")
+    write_image(ct, geo, tmp_path / "pred" / "p1.nii.gz")
+    shifted = Geometry(geo.size, geo.spacing, (geo.origin[0] + 5.0, *geo.origin[1:]), geo.direction)
+    write_image(body, shifted, tmp_path / "target" / "p1.nii.gz")
+    out = tmp_path / "res" / "dose.json"
+    rc = _cli(["-ref", str(tmp_path / "ref"), "-pred", str(tmp_path / "pred"), "-target", str(tmp_path / "target"),
+               "-o", str(out)])
+    assert rc != 0 and "p1: target geometry differs from REF: origin" in capsys.readouterr().err
+    assert not out.exists()

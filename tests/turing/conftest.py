@@ -99,13 +99,7 @@ def study_2afc(pet_2afc_template: Path, tmp_path: Path) -> Study:
 
 @pytest.fixture()
 def server_2afc(study_2afc: Study) -> Iterator[TuringServer]:
-    srv = make_server(study_2afc, "127.0.0.1", 0)
-    serve_in_thread(srv)
-    try:
-        yield srv
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    yield from _serving(study_2afc)
 
 
 @pytest.fixture()
@@ -116,8 +110,8 @@ def study(ct_study_template: Path, tmp_path: Path) -> Study:
     return Study.load(dst)
 
 
-@pytest.fixture()
-def server(study: Study) -> Iterator[TuringServer]:
+def _serving(study: Study) -> Iterator[TuringServer]:
+    """A server for ``study`` on a free local port, shut down and closed when the test ends."""
     srv = make_server(study, "127.0.0.1", 0)
     serve_in_thread(srv)
     try:
@@ -125,6 +119,11 @@ def server(study: Study) -> Iterator[TuringServer]:
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+@pytest.fixture()
+def server(study: Study) -> Iterator[TuringServer]:
+    yield from _serving(study)
 
 
 class Client:
